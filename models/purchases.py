@@ -1,0 +1,124 @@
+"""Purchases and their state machine (DESIGN 3)."""
+from __future__ import annotations
+
+import uuid
+from datetime import date, datetime
+
+from sqlalchemy import (
+    JSON,
+    CheckConstraint,
+    Date,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    UniqueConstraint,
+    func,
+    select,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+
+from .db import Base
+from .types import UTCDateTime, str_enum, utcnow
+
+STATUSES = ("pending", "queued", "in_progress", "completed", "failed", "refunded")
+TRANSACTION_TYPES = ("immediate", "queued")
+# Purchases that use up a fan's daily allowance for an item (failed and refunded ones give it back).
+COUNTS_TOWARD_DAILY_LIMIT = ("pending", "queued", "in_progress", "completed")
+SETTLED_COUNTS_TOWARD_DAILY_LIMIT = ("queued", "in_progress", "completed")
+OPEN_QUEUE_STATUSES = ("queued", "in_progress")
+
+TRANSITIONS = {
+    "pending": {"completed", "queued", "failed"},
+    "queued": {"in_progress", "refunded"},
+    "in_progress": {"completed", "refunded"},
+}
+_TIMESTAMP_FOR = {
+    "queued": "settled_at",
+    "in_progress": "started_at",
+    "completed": "completed_at",
+    "failed": "failed_at",
+    "refunded": "refunded_at",
+}
+
+
+class InvalidTransition(Exception):
+    def __init__(self, current: str, wanted: str):
+        super().__init__(f"cannot go from {current} to {wanted}")
+        self.current = current
+        self.wanted = wanted
+
+
+class Purchase(Base):
+    __tablename__ = "purchases"
+    __table_args__ = (
+        UniqueConstraint("fan_id", "idempotency_key"),
+        CheckConstraint("token_value > 0", name="token_value_positive"),
+        CheckConstraint("loyalty_points >= 0", name="points_non_negative"),
+        Index("ix_purchases_status_created", "status", "created_at"),
+        Index("ix_purchases_daily", "fan_id", "item_id", "purchase_day"),
+        Index("ix_purchases_fan_created", "fan_id", "created_at"),
+        Index("ix_purchases_model_status", "model_id", "status"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    fan_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id"))
+    model_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id"))
+    menu_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("menus.id"))
+    item_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("menu_items.id"))
+    # Snapshot of the item when bought: later edits never change a bought item.
+    item_name: Mapped[str] = mapped_column(String(65))
+    token_value: Mapped[int] = mapped_column(Integer)
+    loyalty_points: Mapped[int] = mapped_column(Integer)
+    estimated_duration_minutes: Mapped[int] = mapped_column(Integer, default=0)
+    delivery_hours: Mapped[int | None] = mapped_column(Integer)
+    lovense_activation: Mapped[dict | None] = mapped_column(JSON)
+    transaction_type: Mapped[str] = mapped_column(str_enum(*TRANSACTION_TYPES, name="transaction_type"))
+    # Queue ON ordering key: the price under `priority` menus, 0 under `fifo` (then arrival order decides).
+    queue_priority: Mapped[int] = mapped_column(Integer, default=0)
+    status: Mapped[str] = mapped_column(str_enum(*STATUSES, name="purchase_status"), default="pending")
+    failure_reason: Mapped[str | None] = mapped_column(String(40))
+    refund_reason: Mapped[str | None] = mapped_column(String(40))
+    idempotency_key: Mapped[str | None] = mapped_column(String(128))
+    purchase_day: Mapped[date] = mapped_column(Date)  # calendar day in the configured time zone
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    settled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    failed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    refunded_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    escrow_deadline: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    def transition(self, wanted: str, now: datetime | None = None, reason: str | None = None) -> None:
+        """Move to `wanted` if the state machine allows it, stamping the time of the transition."""
+        if wanted not in TRANSITIONS.get(self.status, ()):
+            raise InvalidTransition(self.status, wanted)
+        now = now or utcnow()
+        if self.status == "pending":
+            self.settled_at = now
+        setattr(self, _TIMESTAMP_FOR[wanted], now)
+        if wanted == "failed":
+            self.failure_reason = reason
+        elif wanted == "refunded":
+            self.refund_reason = reason
+        self.status = wanted
+
+    def same_request(self, menu_id: uuid.UUID, item_id: uuid.UUID) -> bool:
+        return self.menu_id == menu_id and self.item_id == item_id
+
+
+def purchase_day_of(moment: datetime, tz) -> date:
+    return moment.astimezone(tz).date()
+
+
+def daily_count(session, fan_id, item_id, day: date, statuses=COUNTS_TOWARD_DAILY_LIMIT) -> int:
+    return session.scalar(
+        select(func.count())
+        .select_from(Purchase)
+        .where(
+            Purchase.fan_id == fan_id,
+            Purchase.item_id == item_id,
+            Purchase.purchase_day == day,
+            Purchase.status.in_(statuses),
+        )
+    )

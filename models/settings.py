@@ -1,0 +1,122 @@
+"""One settings object, read from the environment, shared by the web and the worker processes.
+
+No configuration at all is the *embedded default*: a SQLite file, an in-process Redis stand-in and Celery
+tasks run inline, so the service can be tried without any server. DATABASE_URL / REDIS_URL select the real
+deployment, and then secrets must come from the environment.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from functools import lru_cache
+from zoneinfo import ZoneInfo
+
+EMBEDDED_DATABASE_URL = "sqlite:///instance/perfmenu.db"
+EMBEDDED_SECRET = "embedded-mode-only-this-is-not-a-secret"
+
+
+class ConfigError(RuntimeError):
+    pass
+
+
+def _int(env, name, default):
+    raw = env.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be an integer") from exc
+
+
+def _float(env, name, default):
+    raw = env.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be a number") from exc
+
+
+def _bool(env, name, default):
+    raw = env.get(name)
+    if raw in (None, ""):
+        return default
+    return raw.strip().lower() in ("1", "true", "yes", "on")
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str
+    redis_url: str | None  # None: embedded mode, an in-process Redis stand-in
+    broker_url: str | None
+    jwt_secret_key: str
+    access_token_minutes: int = 15
+    refresh_token_days: int = 30
+    day_time_zone: str = "UTC"
+    purchase_wait_seconds: float = 1.5  # how long POST /menu/purchase waits for the worker's verdict
+    settle_batch_size: int = 100
+    queue_capacity: int = 50
+    history_max_limit: int = 100
+    broker_visibility_timeout: int = 300
+    pending_sweep_after_seconds: int = 30
+    lovense_api_url: str = "https://api.lovense-api.com"
+    lovense_developer_token: str = field(default="", repr=False)
+    lovense_enabled: bool = True
+    lovense_callback_secret: str = field(default="", repr=False)
+
+    @property
+    def embedded(self) -> bool:
+        return self.redis_url is None
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.day_time_zone)
+
+    @classmethod
+    def from_env(cls, env=None) -> "Settings":
+        env = os.environ if env is None else env
+        database_url = env.get("DATABASE_URL") or EMBEDDED_DATABASE_URL
+        # Accept the common postgres:// spelling and pick the psycopg 3 driver.
+        for prefix in ("postgres://", "postgresql://"):
+            if database_url.startswith(prefix):
+                database_url = "postgresql+psycopg://" + database_url[len(prefix):]
+        redis_url = env.get("REDIS_URL") or None
+        embedded = redis_url is None and database_url == EMBEDDED_DATABASE_URL
+        secret = env.get("JWT_SECRET_KEY") or ""
+        if not secret:
+            if not embedded:
+                raise ConfigError("JWT_SECRET_KEY is required when DATABASE_URL or REDIS_URL is set")
+            secret = EMBEDDED_SECRET
+        if redis_url is None and not embedded:
+            raise ConfigError("REDIS_URL is required with DATABASE_URL (the worker needs a broker)")
+        tz = env.get("PERFMENU_TIME_ZONE") or "UTC"
+        try:
+            ZoneInfo(tz)
+        except Exception as exc:
+            raise ConfigError(f"PERFMENU_TIME_ZONE {tz!r} is not a known time zone") from exc
+        return cls(
+            database_url=database_url,
+            redis_url=redis_url,
+            broker_url=env.get("CELERY_BROKER_URL") or redis_url,
+            jwt_secret_key=secret,
+            access_token_minutes=_int(env, "JWT_ACCESS_MINUTES", 15),
+            refresh_token_days=_int(env, "JWT_REFRESH_DAYS", 30),
+            day_time_zone=tz,
+            purchase_wait_seconds=_float(env, "PURCHASE_WAIT_SECONDS", 1.5),
+            settle_batch_size=_int(env, "SETTLE_BATCH_SIZE", 100),
+            queue_capacity=_int(env, "QUEUE_CAPACITY", 50),
+            history_max_limit=_int(env, "HISTORY_MAX_LIMIT", 100),
+            broker_visibility_timeout=_int(env, "BROKER_VISIBILITY_TIMEOUT", 300),
+            pending_sweep_after_seconds=_int(env, "PENDING_SWEEP_AFTER_SECONDS", 30),
+            lovense_api_url=(env.get("LOVENSE_API_URL") or "https://api.lovense-api.com").rstrip("/"),
+            lovense_developer_token=env.get("LOVENSE_DEVELOPER_TOKEN") or "",
+            lovense_enabled=_bool(env, "LOVENSE_ENABLED", True),
+            lovense_callback_secret=env.get("LOVENSE_CALLBACK_SECRET") or secret,
+        )
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings.from_env()

@@ -1,0 +1,49 @@
+"""The HTTP API: app factory, blueprints per area, schemas, auth, the error envelope."""
+from __future__ import annotations
+
+from datetime import timedelta
+
+from flask import Flask
+from flask_smorest import Api
+
+from models.settings import Settings, get_settings
+
+from . import auth, menus, purchases, wallet
+from .cli import register_cli
+from .deps import close_db
+from .errors import register_error_handlers
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    settings = settings or get_settings()
+    app = Flask(__name__)
+    app.config.update(
+        JWT_SECRET_KEY=settings.jwt_secret_key,
+        JWT_ACCESS_TOKEN_EXPIRES=timedelta(minutes=settings.access_token_minutes),
+        JWT_REFRESH_TOKEN_EXPIRES=timedelta(days=settings.refresh_token_days),
+        MAX_CONTENT_LENGTH=64 * 1024,
+        API_TITLE="perfmenu",
+        API_VERSION="1",
+        OPENAPI_VERSION="3.0.3",
+        OPENAPI_URL_PREFIX="/",
+        OPENAPI_JSON_PATH="openapi.json",
+        OPENAPI_SWAGGER_UI_PATH="/docs",
+        OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist/",
+        API_SPEC_OPTIONS={
+            "components": {"securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}}},
+            "security": [{"bearerAuth": []}],
+        },
+    )
+    auth.init_jwt(app)
+    api = Api(app)
+    for blueprint in (auth.blp, menus.blp, purchases.blp, wallet.blp):
+        api.register_blueprint(blueprint)
+    register_error_handlers(app)  # after Api(), so our envelope replaces flask-smorest's
+    app.teardown_appcontext(close_db)
+    register_cli(app)
+
+    @app.get("/healthz")
+    def healthz():
+        return {"status": "ok"}
+
+    return app

@@ -1,0 +1,123 @@
+"""Login, refresh, and the role checks every other endpoint uses."""
+from __future__ import annotations
+
+import uuid
+from functools import wraps
+
+from flask_jwt_extended import (
+    JWTManager,
+    create_access_token,
+    create_refresh_token,
+    get_jwt,
+    get_jwt_identity,
+    jwt_required,
+    verify_jwt_in_request,
+)
+from flask_smorest import Blueprint
+from marshmallow import Schema, fields, validate
+from sqlalchemy import select
+
+from models.users import User, dummy_password_check
+
+from .deps import db
+from .errors import ApiError, error_response
+
+blp = Blueprint("auth", __name__, url_prefix="/auth", description="Log in and refresh tokens")
+jwt = JWTManager()
+
+
+class LoginRequest(Schema):
+    username = fields.String(required=True, validate=validate.Length(min=1, max=64))
+    password = fields.String(required=True, validate=validate.Length(min=1, max=256), load_only=True)
+
+
+class TokenPair(Schema):
+    access_token = fields.String(required=True)
+    refresh_token = fields.String()
+    token_type = fields.String(required=True)
+    user_id = fields.UUID()
+    role = fields.String()
+
+
+def tokens_for(user: User) -> dict:
+    claims = {"role": user.role}
+    return {
+        "access_token": create_access_token(identity=str(user.id), additional_claims=claims),
+        "refresh_token": create_refresh_token(identity=str(user.id), additional_claims=claims),
+        "token_type": "Bearer",
+        "user_id": user.id,
+        "role": user.role,
+    }
+
+
+@blp.route("/login", methods=["POST"])
+@blp.arguments(LoginRequest)
+@blp.response(200, TokenPair)
+def login(body):
+    """Exchange a username and password for an access and a refresh token."""
+    user = db().scalar(select(User).where(User.username == body["username"]))
+    if user is None:
+        dummy_password_check()
+    if user is None or not user.is_active or not user.check_password(body["password"]):
+        raise ApiError(401, "invalid_credentials", "Wrong username or password")
+    return tokens_for(user)
+
+
+@blp.route("/refresh", methods=["POST"])
+@jwt_required(refresh=True)
+@blp.response(200, TokenPair)
+def refresh():
+    """A new access token for a valid refresh token."""
+    user = db().get(User, uuid.UUID(get_jwt_identity()))
+    if user is None or not user.is_active:
+        raise ApiError(401, "unauthorized", "The account is not active")
+    return {"access_token": tokens_for(user)["access_token"], "token_type": "Bearer", "user_id": user.id,
+            "role": user.role}
+
+
+def current_user_id() -> uuid.UUID:
+    return uuid.UUID(get_jwt_identity())
+
+
+def current_role() -> str:
+    return get_jwt().get("role")
+
+
+def role_required(*roles: str):
+    """Require a valid access token, and one of `roles` if any are given."""
+
+    def decorator(view):
+        @wraps(view)
+        def wrapper(*args, **kwargs):
+            verify_jwt_in_request()
+            if roles and current_role() not in roles:
+                raise ApiError(403, "forbidden", "Your role may not do this")
+            return view(*args, **kwargs)
+
+        return wrapper
+
+    return decorator
+
+
+def init_jwt(app) -> None:
+    jwt.init_app(app)
+
+    @jwt.unauthorized_loader
+    def _missing(reason):
+        return error_response(401, "unauthorized", "A bearer token is required")
+
+    @jwt.invalid_token_loader
+    def _invalid(reason):
+        return error_response(401, "invalid_token", "The token is invalid")
+
+    @jwt.expired_token_loader
+    def _expired(_header, _payload):
+        return error_response(401, "token_expired", "The token has expired")
+
+    @jwt.revoked_token_loader
+    def _revoked(_header, _payload):
+        return error_response(401, "token_revoked", "The token has been revoked")
+
+    @jwt.needs_fresh_token_loader
+    def _stale(_header, _payload):
+        return error_response(401, "fresh_token_required", "A fresh token is required")

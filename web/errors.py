@@ -1,0 +1,75 @@
+"""One error envelope for every failure: {"error": {"code": ..., "message": ...}} with the right status."""
+from __future__ import annotations
+
+import logging
+
+from flask import jsonify
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger(__name__)
+
+_CODE_FOR_STATUS = {
+    400: "invalid_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "invalid_request",
+    429: "rate_limited",
+}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, **extra):
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.extra = extra
+
+
+def error_response(status: int, code: str, message: str, **extra):
+    body = {"error": {"code": code, "message": message}}
+    body.update(extra)
+    return jsonify(body), status
+
+
+def _api_error(exc: ApiError):
+    return error_response(exc.status, exc.code, exc.message, **exc.extra)
+
+
+def _http_error(exc: HTTPException):
+    status = exc.code or 500
+    extra = {}
+    messages = (getattr(exc, "data", None) or {}).get("messages")
+    if messages:
+        # webargs/marshmallow: {location: {field: [messages]}}; keep only the field map.
+        fields = {}
+        for by_field in messages.values():
+            if isinstance(by_field, dict):
+                fields.update(by_field)
+        if fields:
+            extra["fields"] = fields
+            message = "The request is invalid: " + ", ".join(sorted(str(f) for f in fields))
+        else:  # e.g. {"json": ["Invalid JSON body."]}
+            message = " ".join(str(m) for msgs in messages.values() for m in (msgs if isinstance(msgs, list) else [msgs]))
+    else:
+        message = exc.description or exc.name
+    response, status = error_response(status, _CODE_FOR_STATUS.get(status, "error"), message, **extra)
+    if status == 429 and exc.response is not None and exc.response.headers.get("Retry-After"):
+        response.headers["Retry-After"] = exc.response.headers["Retry-After"]
+    return response, status
+
+
+def _unexpected(exc: Exception):
+    log.exception("unhandled error")
+    return error_response(500, "internal_error", "An unexpected error occurred")
+
+
+def register_error_handlers(app) -> None:
+    app.register_error_handler(ApiError, _api_error)
+    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(Exception, _unexpected)

@@ -1,0 +1,191 @@
+"""Purchase intake (thin: validate, check, insert `pending`, hand off), history and status.
+
+No money moves here: the worker settles. The POST waits a short, configurable time for the verdict."""
+from __future__ import annotations
+
+from flask import request, url_for
+from flask_smorest import Blueprint
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+
+from models.ledger import Account
+from models.menus import MenuItem
+from models.purchases import Purchase, daily_count, purchase_day_of
+from models.settings import get_settings
+from models.types import utcnow
+from worker.handoff import request_settlement
+from worker.settlement import open_queue_size
+from worker.verdicts import wait_for_verdict
+
+from .auth import current_role, current_user_id, role_required
+from .deps import db
+from .errors import ApiError
+from .menus import load_visible_menu
+from .schemas import ErrorOut, HistoryOut, HistoryQuery, PurchaseOut, PurchaseRequest
+
+blp = Blueprint("purchases", __name__, url_prefix="/menu/purchase", description="Buying menu items")
+
+# HTTP status of a refused purchase, by reason (the same codes whether intake or the worker refused it).
+REFUSAL_STATUS = {
+    "insufficient_balance": 402,
+    "daily_limit_reached": 422,
+    "queue_full": 409,
+    "item_unavailable": 409,
+}
+REFUSAL_MESSAGE = {
+    "insufficient_balance": "Not enough tokens for this item",
+    "daily_limit_reached": "You have reached today's limit for this item",
+    "queue_full": "The model's queue is full",
+    "item_unavailable": "This item is not available",
+}
+
+
+def purchase_view(p: Purchase) -> dict:
+    return {
+        "success": p.status not in ("failed", "refunded"),
+        "purchase_id": p.id,
+        "transaction_type": p.transaction_type,
+        "status": p.status,
+        "token_value": p.token_value,
+        "loyalty_points_awarded": p.loyalty_points if p.status == "completed" else 0,
+        "queue_position": None,
+        "estimated_wait_minutes": None,
+        "item_name": p.item_name,
+        "menu_id": p.menu_id,
+        "item_id": p.item_id,
+        "model_id": p.model_id,
+        "fan_id": p.fan_id,
+        "failure_reason": p.failure_reason,
+        "refund_reason": p.refund_reason,
+        "created_at": p.created_at,
+        "settled_at": p.settled_at,
+        "completed_at": p.completed_at,
+        "refunded_at": p.refunded_at,
+        "escrow_deadline": p.escrow_deadline,
+        "status_url": url_for("purchases.purchase_status", purchase_id=p.id),
+    }
+
+
+def refuse(reason: str, **extra):
+    raise ApiError(REFUSAL_STATUS[reason], reason, REFUSAL_MESSAGE[reason], **extra)
+
+
+def _settled_response(session, purchase: Purchase):
+    """Wait briefly for the worker's verdict, then answer with the purchase as it stands."""
+    if purchase.status == "pending":
+        wait_for_verdict(purchase.id, get_settings().purchase_wait_seconds)
+        session.refresh(purchase)
+    body = purchase_view(purchase)
+    if purchase.status == "pending":
+        return body, 202, {"Location": body["status_url"]}
+    if purchase.status == "failed":
+        refuse(purchase.failure_reason, **PurchaseOut().dump(body))
+    return body, 200
+
+
+def _replay(session, purchase: Purchase, body):
+    if not purchase.same_request(body["menu_id"], body["item_id"]):
+        raise ApiError(422, "idempotency_mismatch", "This idempotency key was used for a different purchase")
+    return _settled_response(session, purchase)
+
+
+@blp.route("", methods=["POST"])
+@role_required("fan")
+@blp.arguments(PurchaseRequest)
+@blp.response(200, PurchaseOut)
+@blp.alt_response(202, schema=PurchaseOut, description="Accepted; not settled yet: poll status_url")
+@blp.alt_response(402, schema=ErrorOut, description="insufficient_balance")
+@blp.alt_response(409, schema=ErrorOut, description="queue_full, item_unavailable")
+@blp.alt_response(422, schema=ErrorOut, description="daily_limit_reached, idempotency_mismatch, invalid_request")
+def create_purchase(body):
+    """Buy a menu item. The price comes from the server; any client-sent price is ignored.
+
+    Send an `Idempotency-Key` header (or `idempotency_key` in the body) to make retries safe."""
+    session = db()
+    settings = get_settings()
+    fan_id = current_user_id()
+    key = request.headers.get("Idempotency-Key") or body.get("idempotency_key")
+    if key is not None and not 1 <= len(key) <= 128:
+        raise ApiError(422, "invalid_request", "The idempotency key must be 1 to 128 characters")
+    if key:
+        existing = session.scalar(select(Purchase).where(Purchase.fan_id == fan_id, Purchase.idempotency_key == key))
+        if existing is not None:
+            return _replay(session, existing, body)
+
+    menu = load_visible_menu(session, body["menu_id"])
+    item = session.get(MenuItem, body["item_id"])
+    if item is None or item.menu_id != menu.id:
+        raise ApiError(404, "not_found", "No such item on this menu")
+    if not (item.is_active and menu.is_active):
+        refuse("item_unavailable")
+
+    now = utcnow()
+    day = purchase_day_of(now, settings.tz)
+    balance = session.scalar(select(Account.balance).where(Account.owner_id == fan_id, Account.kind == "wallet"))
+    if balance is None or balance < item.token_value:
+        refuse("insufficient_balance")
+    if item.max_daily_purchases is not None and daily_count(session, fan_id, item.id, day) >= item.max_daily_purchases:
+        refuse("daily_limit_reached")
+    queued = menu.queue_mode == "ON"
+    if queued and open_queue_size(session, menu.model_id) >= settings.queue_capacity:
+        refuse("queue_full")
+
+    purchase = Purchase(
+        fan_id=fan_id,
+        model_id=menu.model_id,
+        menu_id=menu.id,
+        item_id=item.id,
+        item_name=item.name,
+        token_value=item.token_value,
+        loyalty_points=item.bonus_loyalty_points,
+        estimated_duration_minutes=item.estimated_duration_minutes,
+        delivery_hours=item.delivery_hours or menu.delivery_hours_default,
+        lovense_activation=item.lovense_activation,
+        transaction_type="queued" if queued else "immediate",
+        queue_priority=item.token_value if queued and menu.queue_order == "priority" else 0,
+        idempotency_key=key or None,
+        purchase_day=day,
+        created_at=now,
+    )
+    session.add(purchase)
+    try:
+        session.commit()
+    except IntegrityError:
+        # Another request with the same key won the race: answer with its purchase.
+        session.rollback()
+        existing = session.scalar(select(Purchase).where(Purchase.fan_id == fan_id, Purchase.idempotency_key == key))
+        if key is None or existing is None:
+            raise
+        return _replay(session, existing, body)
+    request_settlement(purchase.id)
+    return _settled_response(session, purchase)
+
+
+@blp.route("/history", methods=["GET"])
+@role_required()
+@blp.arguments(HistoryQuery, location="query")
+@blp.response(200, HistoryOut)
+def purchase_history(query):
+    """The caller's purchases, newest first (a model sees purchases of their items)."""
+    session = db()
+    limit = min(query["limit"], get_settings().history_max_limit)
+    user_id = current_user_id()
+    owner_column = Purchase.model_id if current_role() == "model" else Purchase.fan_id
+    where = owner_column == user_id
+    total = session.scalar(select(func.count()).select_from(Purchase).where(where))
+    rows = session.scalars(
+        select(Purchase).where(where).order_by(Purchase.created_at.desc(), Purchase.id).limit(limit).offset(query["offset"])
+    ).all()
+    return {"purchases": [purchase_view(p) for p in rows], "total": total, "limit": limit, "offset": query["offset"]}
+
+
+@blp.route("/<uuid:purchase_id>/status", methods=["GET"])
+@role_required()
+@blp.response(200, PurchaseOut)
+def purchase_status(purchase_id):
+    """One purchase: its fan, its model or an admin may look."""
+    purchase = db().get(Purchase, purchase_id)
+    user_id = current_user_id()
+    if purchase is None or not (current_role() == "admin" or user_id in (purchase.fan_id, purchase.model_id)):
+        raise ApiError(404, "not_found", "No such purchase")
+    return purchase_view(purchase)

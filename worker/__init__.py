@@ -1,0 +1,1 @@
+"""Celery app, settlement and beat tasks, the Redis queue, the Lovense client."""

@@ -1,0 +1,41 @@
+"""The Celery app. Delivery is at-least-once (late acks, reject on worker loss, prefetch 1); every task is
+idempotent, so a redelivered task changes nothing twice. Tasks receive ids, never objects."""
+from __future__ import annotations
+
+from celery import Celery
+from celery.signals import worker_process_init
+
+from models.db import get_engine
+from models.settings import get_settings
+
+celery = Celery("perfmenu", include=["worker.tasks"])
+
+
+def configure(app: Celery, settings) -> None:
+    app.conf.update(
+        broker_url=settings.broker_url or "memory://",
+        broker_transport_options={"visibility_timeout": settings.broker_visibility_timeout},
+        broker_connection_retry_on_startup=True,
+        task_ignore_result=True,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_serializer="json",
+        accept_content=["json"],
+        # Embedded mode has no broker: tasks run inline in the web process.
+        task_always_eager=settings.embedded,
+        task_eager_propagates=False,
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        timezone="UTC",
+        enable_utc=True,
+    )
+
+
+configure(celery, get_settings())
+
+
+@worker_process_init.connect
+def _fresh_database_connections(**_kwargs):
+    # A forked pool process must not reuse connections opened by its parent.
+    get_engine().dispose(close=False)

@@ -1,0 +1,125 @@
+"""Settlement: the worker's authoritative step from `pending` to `completed`, `queued` or `failed`.
+
+One transaction settles a batch: claim pending purchases with FOR UPDATE SKIP LOCKED (two workers never
+settle the same purchase, and neither waits for the other), lock every account involved in account-id order,
+re-check what intake only prechecked, post the ledger rows and set the status. A purchase that is no longer
+`pending` is never claimed, and the ledger's UNIQUE (purchase, kind) backs that up, so a redelivered task,
+a retry or a crash half-way changes the books at most once.
+"""
+from __future__ import annotations
+
+from datetime import timedelta
+
+from sqlalchemy import func, select
+
+from models.audit import audit
+from models.ledger import lock_accounts, post
+from models.menus import Menu, MenuItem
+from models.purchases import OPEN_QUEUE_STATUSES, SETTLED_COUNTS_TOWARD_DAILY_LIMIT, Purchase, daily_count
+from models.types import utcnow
+
+
+def claim_pending(session, purchase_ids=None, limit: int = 100, older_than=None) -> list[Purchase]:
+    query = select(Purchase).where(Purchase.status == "pending")
+    if purchase_ids is not None:
+        query = query.where(Purchase.id.in_(purchase_ids))
+    if older_than is not None:
+        query = query.where(Purchase.created_at < older_than)
+    query = query.order_by(Purchase.created_at).limit(limit).with_for_update(skip_locked=True)
+    return list(session.scalars(query))
+
+
+def settle_pending(session, settings, purchase_ids=None, limit: int = 100, older_than=None) -> list[Purchase]:
+    """Settle up to `limit` pending purchases (all of `purchase_ids` that are still pending, if given) and
+    commit. Returns the purchases this call settled."""
+    purchases = claim_pending(session, purchase_ids, limit, older_than)
+    if not purchases:
+        session.rollback()
+        return []
+    accounts = lock_accounts(session, {p.fan_id for p in purchases} | {p.model_id for p in purchases})
+    items = {
+        item.id: (item, menu)
+        for item, menu in session.execute(
+            select(MenuItem, Menu)
+            .join(Menu, Menu.id == MenuItem.menu_id)
+            .where(MenuItem.id.in_({p.item_id for p in purchases}))
+        )
+    }
+    now = utcnow()
+    for purchase in purchases:
+        item, menu = items[purchase.item_id]
+        reason = _refusal(session, settings, purchase, item, menu, accounts)
+        if reason is not None:
+            purchase.transition("failed", now, reason=reason)
+        elif purchase.transaction_type == "immediate":
+            _transfer(session, purchase, accounts, now)
+        else:
+            _hold_in_escrow(session, purchase, accounts, now)
+        audit(session, f"purchase.{purchase.status}", purchase.id, reason=reason)
+        session.flush()  # later purchases of the batch see this one in their daily-limit and capacity counts
+    session.commit()
+    return purchases
+
+
+def _refusal(session, settings, purchase, item, menu, accounts) -> str | None:
+    if not (item.is_active and menu.is_active):
+        return "item_unavailable"
+    if accounts[(purchase.fan_id, "wallet")].balance < purchase.token_value:
+        return "insufficient_balance"
+    if item.max_daily_purchases is not None:
+        settled_today = daily_count(
+            session, purchase.fan_id, purchase.item_id, purchase.purchase_day, SETTLED_COUNTS_TOWARD_DAILY_LIMIT
+        )
+        if settled_today >= item.max_daily_purchases:
+            return "daily_limit_reached"
+    if purchase.transaction_type == "queued" and open_queue_size(session, purchase.model_id) >= settings.queue_capacity:
+        return "queue_full"
+    return None
+
+
+def open_queue_size(session, model_id) -> int:
+    return session.scalar(
+        select(func.count())
+        .select_from(Purchase)
+        .where(Purchase.model_id == model_id, Purchase.status.in_(OPEN_QUEUE_STATUSES))
+    )
+
+
+def _award_points(session, purchase, accounts) -> None:
+    if purchase.loyalty_points > 0:
+        post(
+            session,
+            "loyalty_award",
+            accounts[(purchase.model_id, "points_issuer")],
+            accounts[(purchase.fan_id, "loyalty")],
+            purchase.loyalty_points,
+            purchase_id=purchase.id,
+        )
+
+
+def _transfer(session, purchase, accounts, now) -> None:
+    """Queue OFF: the fan pays the model at once and earns the item's points."""
+    post(
+        session,
+        "purchase",
+        accounts[(purchase.fan_id, "wallet")],
+        accounts[(purchase.model_id, "earnings")],
+        purchase.token_value,
+        purchase_id=purchase.id,
+    )
+    _award_points(session, purchase, accounts)
+    purchase.transition("completed", now)
+
+
+def _hold_in_escrow(session, purchase, accounts, now) -> None:
+    """Queue ON: the tokens wait in the model's escrow until the entry is performed or refunded."""
+    post(
+        session,
+        "escrow_hold",
+        accounts[(purchase.fan_id, "wallet")],
+        accounts[(purchase.model_id, "escrow")],
+        purchase.token_value,
+        purchase_id=purchase.id,
+    )
+    purchase.escrow_deadline = purchase.created_at + timedelta(hours=purchase.delivery_hours or 24)
+    purchase.transition("queued", now)

@@ -1,0 +1,40 @@
+"""How a settled purchase's verdict reaches the HTTP request waiting for it.
+
+The worker pushes the new status onto a short-lived per-purchase Redis list after its commit; the web process
+blocks on that list for a bounded time. The database stays the source of truth: the waiter re-reads the
+purchase afterwards, and a lost notification only costs the client a 202."""
+from __future__ import annotations
+
+from .redis_client import get_redis
+
+VERDICT_TTL_SECONDS = 60
+
+
+def _key(purchase_id) -> str:
+    return f"perfmenu:verdict:{purchase_id}"
+
+
+def publish_verdicts(purchases) -> None:
+    if not purchases:
+        return
+    pipe = get_redis().pipeline(transaction=False)
+    for p in purchases:
+        pipe.rpush(_key(p.id), p.status)
+        pipe.expire(_key(p.id), VERDICT_TTL_SECONDS)
+    pipe.execute()
+
+
+def wait_for_verdict(purchase_id, timeout: float) -> bool:
+    """Block up to `timeout` seconds for the verdict; True if one arrived."""
+    if timeout <= 0:
+        return False
+    r = get_redis()
+    got = r.blpop([_key(purchase_id)], timeout=timeout)
+    if got is None:
+        return False
+    # Put it back for any other request waiting on the same purchase (an idempotent retry).
+    pipe = r.pipeline(transaction=False)
+    pipe.rpush(_key(purchase_id), got[1])
+    pipe.expire(_key(purchase_id), VERDICT_TTL_SECONDS)
+    pipe.execute()
+    return True
