@@ -23,22 +23,22 @@ _CODE_FOR_STATUS = {
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str, **extra):
+    def __init__(self, http_status: int, code: str, message: str, /, **extra):
         super().__init__(message)
-        self.status = status
+        self.http_status = http_status
         self.code = code
         self.message = message
         self.extra = extra
 
 
-def error_response(status: int, code: str, message: str, **extra):
+def error_response(status: int, code: str, message: str, /, **extra):
     body = {"error": {"code": code, "message": message}}
     body.update(extra)
     return jsonify(body), status
 
 
 def _api_error(exc: ApiError):
-    return error_response(exc.status, exc.code, exc.message, **exc.extra)
+    return error_response(exc.http_status, exc.code, exc.message, **exc.extra)
 
 
 def _http_error(exc: HTTPException):

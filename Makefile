@@ -1,0 +1,38 @@
+# The README's two commands: `make run` and `make test`. Everything else is a helper of those.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+FLASK := $(BIN)/flask --app web
+
+.PHONY: install run test proof bench demo check-books clean
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# With DATABASE_URL and REDIS_URL set: the whole process set of the Procfile (web, worker, beat, flower).
+# Without: the embedded default (SQLite file, tasks run inline), one process on http://127.0.0.1:8000.
+run: install
+	$(FLASK) db-upgrade
+	@if [ -n "$$DATABASE_URL" ] && [ -n "$$REDIS_URL" ]; then \
+		exec $(BIN)/honcho start; \
+	else \
+		echo "embedded mode: SQLite at instance/perfmenu.db, no Redis, tasks run inline"; \
+		exec $(BIN)/gunicorn --bind 127.0.0.1:$${WEB_PORT:-8000} --workers 1 --threads 8 web.wsgi:app; \
+	fi
+
+# Tests run on real PostgreSQL and Redis (TEST_DATABASE_URL, TEST_REDIS_URL, TEST_BROKER_URL override the
+# defaults in tests/conftest.py) with real Celery worker processes.
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+check-books: install
+	$(FLASK) check-books
+
+clean:
+	rm -rf $(VENV) instance .pytest_cache

@@ -1,0 +1,247 @@
+"""Test harness: real PostgreSQL, real Redis, real Celery worker processes.
+
+Defaults can be overridden with TEST_DATABASE_URL, TEST_REDIS_URL and TEST_BROKER_URL (the broker lives in
+its own Redis database so that cleaning application keys between tests never drops the worker's queues)."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/perfmenu_test")
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+BROKER_URL = os.environ.get("TEST_BROKER_URL", "redis://127.0.0.1:6379/14")
+
+os.environ.update(
+    DATABASE_URL=DATABASE_URL,
+    REDIS_URL=REDIS_URL,
+    CELERY_BROKER_URL=BROKER_URL,
+    JWT_SECRET_KEY="test-secret-key-that-is-long-enough-for-hs256",
+    PURCHASE_WAIT_SECONDS=os.environ.get("PURCHASE_WAIT_SECONDS", "5"),
+    LOVENSE_ENABLED=os.environ.get("LOVENSE_ENABLED", "true"),
+)
+sys.path.insert(0, ROOT)
+
+import redis  # noqa: E402
+from sqlalchemy import create_engine, select, text  # noqa: E402
+from sqlalchemy.engine import make_url  # noqa: E402
+
+from models.db import Base, get_engine, new_session  # noqa: E402
+from models.ledger import Account, LedgerEntry, books_differences, top_up  # noqa: E402
+from models.menus import Menu, MenuItem  # noqa: E402
+from models.purchases import Purchase  # noqa: E402
+from models.schema import upgrade_head  # noqa: E402
+from web import create_app  # noqa: E402
+from web.cli import create_user  # noqa: E402
+
+
+def _recreate_database(url: str) -> None:
+    target = make_url(url)
+    admin = create_engine(target.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{target.database}" WITH (FORCE)'))
+        conn.execute(text(f'CREATE DATABASE "{target.database}"'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def database():
+    _recreate_database(DATABASE_URL)
+    upgrade_head()
+    yield get_engine()
+    get_engine().dispose()
+
+
+@pytest.fixture(scope="session")
+def redis_client():
+    client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
+    client.ping()
+    return client
+
+
+def subprocess_env(**extra) -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+class WorkerProcess:
+    """A real `celery worker` process (prefork pool) on the test broker."""
+
+    def __init__(self, concurrency: int = 2, **env):
+        self.concurrency = concurrency
+        self.env = env
+        self.proc = None
+
+    def start(self, timeout: float = 60):
+        from worker.celery_app import celery
+
+        node = f"test-{uuid.uuid4().hex[:8]}@%h"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--loglevel", "WARNING",
+             "--concurrency", str(self.concurrency), "-n", node, "--without-gossip", "--without-mingle"],
+            cwd=ROOT,
+            env=subprocess_env(**self.env),
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("celery worker exited at start")
+            replies = celery.control.ping(timeout=0.5)
+            if any(node.split("@")[0] in name for reply in replies for name in reply):
+                return self
+        raise RuntimeError("celery worker did not start")
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
+@pytest.fixture(scope="session")
+def celery_worker(database):
+    broker = redis.Redis.from_url(BROKER_URL)
+    broker.flushdb()
+    worker = WorkerProcess().start()
+    yield worker
+    worker.stop()
+
+
+@pytest.fixture(autouse=True)
+def clean_state(request, redis_client):
+    """Every test starts with empty tables and an empty application Redis database."""
+    if "database" in request.fixturenames or "app" in request.fixturenames:
+        engine = request.getfixturevalue("database")
+        tables = ", ".join(t.name for t in Base.metadata.sorted_tables)
+        with engine.begin() as conn:
+            conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+    redis_client.flushdb()
+    yield
+
+
+@pytest.fixture
+def app(database):
+    app = create_app()
+    app.config["TESTING"] = True
+    return app
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def session(database):
+    s = new_session()
+    yield s
+    s.close()
+
+
+class Factory:
+    """Builds test data through the models (the same rules the API and CLI use)."""
+
+    def __init__(self, app):
+        self.app = app
+        self._n = 0
+
+    def user(self, role="fan", tokens=0, password="pw"):
+        self._n += 1
+        s = new_session()
+        try:
+            user = create_user(s, f"{role}-{uuid.uuid4().hex[:10]}", password, role)
+            if tokens:
+                top_up(s, user.id, tokens)
+            s.commit()
+            return user
+        finally:
+            s.close()
+
+    def menu(self, model, items=({"name": "Kiss", "token_value": 10, "bonus_loyalty_points": 5},), **fields):
+        s = new_session()
+        try:
+            menu = Menu(model_id=model.id, name=fields.pop("name", "Menu"), **fields)
+            s.add(menu)
+            s.flush()
+            created = []
+            for i, spec in enumerate(items):
+                item = MenuItem(menu_id=menu.id, display_order=i, **spec)
+                s.add(item)
+                created.append(item)
+            s.commit()
+            menu.created_items = created
+            return menu
+        finally:
+            s.close()
+
+    def headers(self, user, password="pw"):
+        client = self.app.test_client()
+        r = client.post("/auth/login", json={"username": user.username, "password": password})
+        assert r.status_code == 200, r.json
+        return {"Authorization": f"Bearer {r.json['access_token']}"}
+
+
+@pytest.fixture
+def factory(app):
+    return Factory(app)
+
+
+def balance(owner_id, kind) -> int:
+    s = new_session()
+    try:
+        return s.scalar(select(Account.balance).where(Account.owner_id == owner_id, Account.kind == kind))
+    finally:
+        s.close()
+
+
+def ledger_rows(purchase_id) -> list[LedgerEntry]:
+    s = new_session()
+    try:
+        return list(s.scalars(select(LedgerEntry).where(LedgerEntry.purchase_id == purchase_id)))
+    finally:
+        s.close()
+
+
+def assert_books_balance():
+    s = new_session()
+    try:
+        assert books_differences(s) == []
+    finally:
+        s.close()
+
+
+def wait_settled(client, headers, purchase_id, timeout=15.0) -> dict:
+    """Poll the status endpoint until the purchase leaves `pending`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        r = client.get(f"/menu/purchase/{purchase_id}/status", headers=headers)
+        assert r.status_code == 200, r.json
+        if r.json["status"] != "pending" or time.monotonic() > deadline:
+            return r.json
+        time.sleep(0.05)
+
+
+def run_concurrently(fn, args_list, workers=None):
+    with ThreadPoolExecutor(max_workers=workers or len(args_list)) as pool:
+        return list(pool.map(lambda a: fn(*a), args_list))
+
+
+def get_purchase(purchase_id) -> Purchase:
+    s = new_session()
+    try:
+        return s.get(Purchase, purchase_id)
+    finally:
+        s.close()
