@@ -85,7 +85,7 @@ def open_queue_size(session, model_id) -> int:
     )
 
 
-def _award_points(session, purchase, accounts) -> None:
+def award_points(session, purchase, accounts) -> None:
     if purchase.loyalty_points > 0:
         post(
             session,
@@ -107,7 +107,7 @@ def _transfer(session, purchase, accounts, now) -> None:
         purchase.token_value,
         purchase_id=purchase.id,
     )
-    _award_points(session, purchase, accounts)
+    award_points(session, purchase, accounts)
     purchase.transition("completed", now)
 
 
