@@ -19,24 +19,14 @@ class ConfigError(RuntimeError):
     pass
 
 
-def _int(env, name, default):
+def _number(env, name, default, cast=int):
     raw = env.get(name)
     if raw in (None, ""):
         return default
     try:
-        return int(raw)
+        return cast(raw)
     except ValueError as exc:
-        raise ConfigError(f"{name} must be an integer") from exc
-
-
-def _float(env, name, default):
-    raw = env.get(name)
-    if raw in (None, ""):
-        return default
-    try:
-        return float(raw)
-    except ValueError as exc:
-        raise ConfigError(f"{name} must be a number") from exc
+        raise ConfigError(f"{name} must be a {cast.__name__}") from exc
 
 
 def _bool(env, name, default):
@@ -51,7 +41,7 @@ class Settings:
     database_url: str
     redis_url: str | None  # None: embedded mode, an in-process Redis stand-in
     broker_url: str | None
-    jwt_secret_key: str
+    jwt_secret_key: str = field(repr=False)
     access_token_minutes: int = 15
     refresh_token_days: int = 30
     day_time_zone: str = "UTC"
@@ -101,15 +91,15 @@ class Settings:
             redis_url=redis_url,
             broker_url=env.get("CELERY_BROKER_URL") or redis_url,
             jwt_secret_key=secret,
-            access_token_minutes=_int(env, "JWT_ACCESS_MINUTES", 15),
-            refresh_token_days=_int(env, "JWT_REFRESH_DAYS", 30),
+            access_token_minutes=_number(env, "JWT_ACCESS_MINUTES", 15),
+            refresh_token_days=_number(env, "JWT_REFRESH_DAYS", 30),
             day_time_zone=tz,
-            purchase_wait_seconds=_float(env, "PURCHASE_WAIT_SECONDS", 1.5),
-            settle_batch_size=_int(env, "SETTLE_BATCH_SIZE", 100),
-            queue_capacity=_int(env, "QUEUE_CAPACITY", 50),
-            history_max_limit=_int(env, "HISTORY_MAX_LIMIT", 100),
-            broker_visibility_timeout=_int(env, "BROKER_VISIBILITY_TIMEOUT", 300),
-            pending_sweep_after_seconds=_int(env, "PENDING_SWEEP_AFTER_SECONDS", 30),
+            purchase_wait_seconds=_number(env, "PURCHASE_WAIT_SECONDS", 1.5, float),
+            settle_batch_size=_number(env, "SETTLE_BATCH_SIZE", 100),
+            queue_capacity=_number(env, "QUEUE_CAPACITY", 50),
+            history_max_limit=_number(env, "HISTORY_MAX_LIMIT", 100),
+            broker_visibility_timeout=_number(env, "BROKER_VISIBILITY_TIMEOUT", 300),
+            pending_sweep_after_seconds=_number(env, "PENDING_SWEEP_AFTER_SECONDS", 30),
             lovense_api_url=(env.get("LOVENSE_API_URL") or "https://api.lovense-api.com").rstrip("/"),
             lovense_developer_token=env.get("LOVENSE_DEVELOPER_TOKEN") or "",
             lovense_enabled=_bool(env, "LOVENSE_ENABLED", True),
