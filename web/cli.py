@@ -9,6 +9,7 @@ from models.db import session_scope
 from models.ledger import books_differences, create_accounts, top_up
 from models.schema import upgrade_head
 from models.users import ROLES, User
+from worker import queue
 
 
 def register_cli(app: Flask) -> None:
@@ -43,6 +44,17 @@ def register_cli(app: Flask) -> None:
             top_up(session, user.id, amount, external_ref=ref)
             session.commit()
             click.echo(f"topped up {user.id} by {amount}")
+
+    @app.cli.command("rebuild-queues")
+    @click.option("--model-id", type=click.UUID, default=None, help="Only this model's queue.")
+    def rebuild_queues(model_id):
+        """Rebuild the Redis performance queues from the database (missing entries added, stale ones removed)."""
+        with session_scope() as session:
+            if model_id is None:
+                totals = queue.rebuild_all(session)
+            else:
+                totals = {"models": 1, **queue.rebuild(session, model_id)}
+        click.echo(" ".join(f"{k}={v}" for k, v in totals.items()))
 
     @app.cli.command("check-books")
     def check_books():

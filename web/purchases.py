@@ -13,6 +13,7 @@ from models.menus import MenuItem
 from models.purchases import Purchase, daily_count, purchase_day_of
 from models.settings import get_settings
 from models.types import utcnow
+from worker import queue
 from worker.handoff import request_settlement
 from worker.settlement import open_queue_size
 from worker.verdicts import wait_for_verdict
@@ -41,6 +42,8 @@ REFUSAL_MESSAGE = {
 
 
 def purchase_view(p: Purchase) -> dict:
+    """The purchase as the API shows it; an open queue entry with its place and wait from the Redis queue."""
+    position, wait = queue.position_or_repair(db(), p) or (None, None)
     return {
         "success": p.status not in ("failed", "refunded"),
         "purchase_id": p.id,
@@ -48,8 +51,8 @@ def purchase_view(p: Purchase) -> dict:
         "status": p.status,
         "token_value": p.token_value,
         "loyalty_points_awarded": p.loyalty_points if p.status == "completed" else 0,
-        "queue_position": None,
-        "estimated_wait_minutes": None,
+        "queue_position": position,
+        "estimated_wait_minutes": wait,
         "item_name": p.item_name,
         "menu_id": p.menu_id,
         "item_id": p.item_id,
@@ -59,6 +62,7 @@ def purchase_view(p: Purchase) -> dict:
         "refund_reason": p.refund_reason,
         "created_at": p.created_at,
         "settled_at": p.settled_at,
+        "started_at": p.started_at,
         "completed_at": p.completed_at,
         "refunded_at": p.refunded_at,
         "escrow_deadline": p.escrow_deadline,

@@ -84,6 +84,7 @@ class PurchaseOut(Schema):
     refund_reason = fields.String(allow_none=True)
     created_at = fields.DateTime()
     settled_at = fields.DateTime(allow_none=True)
+    started_at = fields.DateTime(allow_none=True)
     completed_at = fields.DateTime(allow_none=True)
     refunded_at = fields.DateTime(allow_none=True)
     escrow_deadline = fields.DateTime(allow_none=True)

@@ -7,10 +7,15 @@ from datetime import timedelta
 
 from .celery_app import celery
 
+from sqlalchemy import select
+
 from models.db import session_scope
+from models.ledger import lock_accounts
+from models.purchases import OPEN_QUEUE_STATUSES, Purchase
 from models.settings import get_settings
 from models.types import utcnow
 
+from . import escrow, queue
 from .settlement import settle_pending
 from .verdicts import publish_verdicts
 
@@ -19,7 +24,14 @@ log = logging.getLogger(__name__)
 
 def after_settlement(purchases) -> None:
     """Side effects that follow a committed settlement; none of them can undo it."""
+    queue.sync(purchases)  # before the verdict, so the waiting request finds its queue position
     publish_verdicts(purchases)
+
+
+def after_queue_change(purchases) -> None:
+    """Side effects that follow a committed queue transition (start, complete, reject, cancel, deadline
+    refund); none of them can undo it."""
+    queue.sync(purchases)
 
 
 def settle(purchase_ids=None, older_than=None) -> int:
@@ -48,3 +60,50 @@ def sweep_pending() -> int:
     """Beat's safety net: settle purchases left pending (crash between commit and enqueue, lost message)."""
     threshold = utcnow() - timedelta(seconds=get_settings().pending_sweep_after_seconds)
     return settle(older_than=threshold)
+
+
+def sweep_deadlines(now=None) -> int:
+    """Refund every open queue entry whose escrow deadline has passed, in batches. Rows another transaction
+    holds (a model acting on them right now) are skipped and looked at again on the next run."""
+    batch_size = get_settings().settle_batch_size
+    now = now or utcnow()
+    total = 0
+    while True:
+        with session_scope() as session:
+            due = list(session.scalars(
+                select(Purchase)
+                .where(Purchase.status.in_(OPEN_QUEUE_STATUSES), Purchase.escrow_deadline <= now)
+                .order_by(Purchase.escrow_deadline)
+                .limit(batch_size)
+                .with_for_update(skip_locked=True)
+            ))
+            if due:
+                # Every account of the batch locked at once, in id order (as settlement does): no deadlock.
+                lock_accounts(session, {p.fan_id for p in due} | {p.model_id for p in due})
+                for p in due:
+                    escrow.refund(session, p, "deadline_passed", now=now)
+            session.commit()
+        after_queue_change(due)
+        total += len(due)
+        for p in due:
+            log.info("escrow deadline passed: refunded", extra={"purchase_id": str(p.id)})
+        if len(due) < batch_size:
+            return total
+
+
+@celery.task(name="perfmenu.sweep_escrow_deadlines")
+def sweep_escrow_deadlines() -> int:
+    return sweep_deadlines()
+
+
+def reconcile() -> dict:
+    """Repair every model's Redis queue from the database."""
+    with session_scope() as session:
+        totals = queue.rebuild_all(session)
+    log.info("queues reconciled", extra=totals)
+    return totals
+
+
+@celery.task(name="perfmenu.reconcile_queues")
+def reconcile_queues() -> dict:
+    return reconcile()

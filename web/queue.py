@@ -1,0 +1,155 @@
+"""The performance queue (Queue ON): the model lists, starts, completes and rejects entries; the fan cancels.
+
+Each action is one transaction with the purchase row locked (`worker.escrow`), so two actions on one entry
+serialize and the second gets 409; Redis is updated after the commit. Only the owning model (or, for a cancel,
+the owning fan) may act: anyone else gets 404, as if the entry did not exist."""
+from __future__ import annotations
+
+from flask_smorest import Blueprint
+from marshmallow import Schema, fields, validate
+
+from models.purchases import InvalidTransition
+from worker import escrow
+from worker.queue import open_entries
+from worker.tasks import after_queue_change
+
+from .auth import current_user_id, role_required
+from .deps import db
+from .errors import ApiError
+from .purchases import purchase_view
+from .schemas import ErrorOut, PurchaseOut
+
+blp = Blueprint("queue", __name__, url_prefix="/queue", description="The model's performance queue (Queue ON)")
+
+# Why a model rejects an entry: stored as the purchase's refund_reason (stable codes; the system's own reasons,
+# `deadline_passed` and `cancelled_by_fan`, cannot be given).
+REJECT_REASONS = ("cannot_deliver", "request_not_allowed", "unavailable", "other")
+
+
+class QueueEntryOut(Schema):
+    position = fields.Integer()
+    purchase_id = fields.UUID()
+    status = fields.String()
+    item_id = fields.UUID()
+    item_name = fields.String()
+    fan_id = fields.UUID()
+    token_value = fields.Integer()
+    estimated_duration_minutes = fields.Integer()
+    estimated_wait_minutes = fields.Integer()
+    waiting_since = fields.DateTime()
+    started_at = fields.DateTime(allow_none=True)
+    escrow_deadline = fields.DateTime(allow_none=True)
+
+
+class QueueOut(Schema):
+    model_id = fields.UUID()
+    entries = fields.List(fields.Nested(QueueEntryOut))
+    total = fields.Integer()
+    total_minutes = fields.Integer()
+
+
+class RejectRequest(Schema):
+    reason = fields.String(required=True, validate=validate.OneOf(REJECT_REASONS))
+
+
+@blp.route("", methods=["GET"])
+@role_required("model")
+@blp.response(200, QueueOut)
+def my_queue():
+    """The caller's queue in order: the entry in progress first, then by priority, first come first served."""
+    model_id = current_user_id()
+    entries, wait = [], 0
+    # Read from the database (the source of truth), in the same order as the Redis queue.
+    for position, p in enumerate(open_entries(db(), model_id), start=1):
+        entries.append({
+            "position": position,
+            "purchase_id": p.id,
+            "status": p.status,
+            "item_id": p.item_id,
+            "item_name": p.item_name,
+            "fan_id": p.fan_id,
+            "token_value": p.token_value,
+            "estimated_duration_minutes": p.estimated_duration_minutes,
+            "estimated_wait_minutes": wait,
+            "waiting_since": p.created_at,
+            "started_at": p.started_at,
+            "escrow_deadline": p.escrow_deadline,
+        })
+        wait += p.estimated_duration_minutes or 0
+    return {"model_id": model_id, "entries": entries, "total": len(entries), "total_minutes": wait}
+
+
+def _act(purchase_id, owner: str, action):
+    """Lock the entry, check who may act, run `action` (which raises on a wrong state), commit, update Redis."""
+    session = db()
+    user_id = current_user_id()
+    purchase = escrow.lock_purchase(session, purchase_id)
+    if purchase is None or purchase.transaction_type != "queued" or getattr(purchase, owner) != user_id:
+        session.rollback()
+        raise ApiError(404, "not_found", "No such queue entry")
+    try:
+        action(session, purchase, user_id)
+    except ApiError:
+        session.rollback()
+        raise
+    except InvalidTransition as exc:
+        session.rollback()
+        raise ApiError(409, "invalid_state", f"The entry is {exc.current}; it cannot become {exc.wanted}") from None
+    except escrow.AlreadyInProgress:
+        session.rollback()
+        raise ApiError(409, "already_in_progress", "Another entry is in progress: complete or reject it first") from None
+    session.commit()
+    after_queue_change([purchase])
+    return purchase_view(purchase)
+
+
+_CONFLICTS = "invalid_state (the entry is not in a state that allows this)"
+
+
+@blp.route("/<uuid:purchase_id>/start", methods=["POST"])
+@role_required("model")
+@blp.response(200, PurchaseOut)
+@blp.alt_response(404, schema=ErrorOut, description="not_found (not an entry of the caller's queue)")
+@blp.alt_response(409, schema=ErrorOut, description=f"{_CONFLICTS}, already_in_progress")
+def start_entry(purchase_id):
+    """Start performing a queued entry (one entry in progress at a time)."""
+    return _act(purchase_id, "model_id", lambda s, p, actor: escrow.start(s, p, actor_id=actor))
+
+
+@blp.route("/<uuid:purchase_id>/complete", methods=["POST"])
+@role_required("model")
+@blp.response(200, PurchaseOut)
+@blp.alt_response(404, schema=ErrorOut, description="not_found (not an entry of the caller's queue)")
+@blp.alt_response(409, schema=ErrorOut, description=_CONFLICTS)
+def complete_entry(purchase_id):
+    """Complete the entry in progress: the escrow goes to the model's earnings, loyalty points to the fan."""
+    return _act(purchase_id, "model_id", lambda s, p, actor: escrow.release(s, p, actor_id=actor))
+
+
+@blp.route("/<uuid:purchase_id>/reject", methods=["POST"])
+@role_required("model")
+@blp.arguments(RejectRequest)
+@blp.response(200, PurchaseOut)
+@blp.alt_response(404, schema=ErrorOut, description="not_found (not an entry of the caller's queue)")
+@blp.alt_response(409, schema=ErrorOut, description=_CONFLICTS)
+def reject_entry(body, purchase_id):
+    """Reject a queued or in-progress entry: the escrow goes back to the fan; `reason` becomes refund_reason."""
+    return _act(purchase_id, "model_id", lambda s, p, actor: escrow.refund(s, p, body["reason"], actor_id=actor))
+
+
+def _cancel(session, purchase, actor_id):
+    if purchase.status == "in_progress":
+        raise ApiError(409, "already_started", "The model has started this entry; it can no longer be cancelled")
+    if purchase.status != "queued":
+        raise InvalidTransition(purchase.status, "refunded")
+    escrow.refund(session, purchase, "cancelled_by_fan", actor_id=actor_id)
+
+
+@blp.route("/<uuid:purchase_id>/cancel", methods=["POST"])
+@role_required("fan")
+@blp.response(200, PurchaseOut)
+@blp.alt_response(404, schema=ErrorOut, description="not_found (not one of the caller's queue entries)")
+@blp.alt_response(409, schema=ErrorOut, description=f"{_CONFLICTS}, already_started")
+def cancel_entry(purchase_id):
+    """Cancel one of the caller's entries that the model has not started: the tokens come back."""
+    return _act(purchase_id, "fan_id", _cancel)
