@@ -32,6 +32,8 @@ def after_queue_change(purchases) -> None:
     """Side effects that follow a committed queue transition (start, complete, reject, cancel, deadline
     refund); none of them can undo it."""
     queue.sync(purchases)
+    # Lovense (DESIGN 5): a Queue ON item's toy activation belongs here, for the purchases now `in_progress`
+    # (the model just started them); the Lovense hand-off is not on main yet.
 
 
 def settle(purchase_ids=None, older_than=None) -> int:
