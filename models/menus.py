@@ -3,17 +3,19 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import JSON, CheckConstraint, ForeignKey, Integer, String, UniqueConstraint, select
+from sqlalchemy import JSON, CheckConstraint, ForeignKey, Integer, String, UniqueConstraint, func, select
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from .db import Base
 from .types import UTCDateTime, str_enum, utcnow
-from .users import Subscription
+from .users import Subscription, User
 
 QUEUE_MODES = ("ON", "OFF")
 VISIBILITIES = ("public", "subscribers_only", "private")
 QUEUE_ORDERS = ("priority", "fifo")
 CARD_STYLES = ("modern", "premium", "luxury", "minimal")
+DEVICE_TYPES = ("vibrator", "pump", "all")
+PATTERNS = ("steady", "pulse", "wave", "custom")
 MAX_MENUS_PER_MODEL = 8
 MAX_ITEMS_PER_MENU = 50
 DEFAULT_DELIVERY_HOURS = 24
@@ -100,3 +102,68 @@ class MenuWhitelist(Base):
     menu_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("menus.id"), primary_key=True)
     fan_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id"), primary_key=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class LimitReached(Exception):
+    """A model already has MAX_MENUS_PER_MODEL menus, or a menu MAX_ITEMS_PER_MENU items."""
+
+    def __init__(self, what: str, limit: int):
+        super().__init__(f"at most {limit} {what}")
+        self.what = what
+        self.limit = limit
+
+
+def create_menu(session, model_id: uuid.UUID, fields: dict, items=(), template_key: str | None = None) -> Menu:
+    """A new menu of `model_id` with `items`, within the limits. The model's row is locked so that concurrent
+    creations count each other."""
+    session.scalar(select(User.id).where(User.id == model_id).with_for_update())
+    count = session.scalar(select(func.count()).select_from(Menu).where(Menu.model_id == model_id))
+    if count >= MAX_MENUS_PER_MODEL:
+        raise LimitReached("menus per model", MAX_MENUS_PER_MODEL)
+    if len(items) > MAX_ITEMS_PER_MENU:
+        raise LimitReached("items per menu", MAX_ITEMS_PER_MENU)
+    fields = dict(fields)
+    fields.setdefault("display_order", _next_order(session, Menu.display_order, Menu.model_id == model_id))
+    menu = Menu(model_id=model_id, template_key=template_key, **fields)
+    session.add(menu)
+    session.flush()
+    for order, spec in enumerate(items):
+        session.add(MenuItem(menu_id=menu.id, **{"display_order": order, **spec}))
+    session.flush()
+    return menu
+
+
+def add_item(session, menu: Menu, fields: dict) -> MenuItem:
+    """A new item at the end of `menu` (unless an order is given), within the limit; the menu row is locked."""
+    session.refresh(menu, with_for_update=True)
+    count = session.scalar(select(func.count()).select_from(MenuItem).where(MenuItem.menu_id == menu.id))
+    if count >= MAX_ITEMS_PER_MENU:
+        raise LimitReached("items per menu", MAX_ITEMS_PER_MENU)
+    fields = dict(fields)
+    fields.setdefault("display_order", _next_order(session, MenuItem.display_order, MenuItem.menu_id == menu.id))
+    item = MenuItem(menu_id=menu.id, **fields)
+    session.add(item)
+    session.flush()
+    return item
+
+
+def duplicate_menu(session, menu: Menu, name: str) -> Menu:
+    """A switched-off copy of `menu` with its items and whitelist (bought items keep their own snapshot)."""
+    fields = {c: getattr(menu, c) for c in _COPIED_MENU_FIELDS}
+    items = [{c: getattr(i, c) for c in _COPIED_ITEM_FIELDS} for i in menu.items]
+    copy = create_menu(session, menu.model_id, {**fields, "name": name, "is_active": False}, items)
+    for fan_id in session.scalars(select(MenuWhitelist.fan_id).where(MenuWhitelist.menu_id == menu.id)):
+        session.add(MenuWhitelist(menu_id=copy.id, fan_id=fan_id))
+    session.flush()
+    return copy
+
+
+def _next_order(session, column, where) -> int:
+    return session.scalar(select(func.coalesce(func.max(column) + 1, 0)).where(where))
+
+
+_COPIED_MENU_FIELDS = ("description", "queue_mode", "visibility", "queue_order", "theme", "delivery_hours_default")
+_COPIED_ITEM_FIELDS = (
+    "name", "description", "token_value", "bonus_loyalty_points", "category", "icon_url", "display_order",
+    "is_active", "max_daily_purchases", "estimated_duration_minutes", "delivery_hours", "lovense_activation",
+)

@@ -5,13 +5,15 @@ from datetime import datetime
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import ForeignKey, String, UniqueConstraint
+from sqlalchemy import ForeignKey, String, UniqueConstraint, select
 from sqlalchemy.orm import Mapped, mapped_column
 
 from .db import Base
+from .ledger import create_accounts
 from .types import UTCDateTime, str_enum, utcnow
 
 ROLES = ("fan", "model", "admin")
+USERNAME_MAX = 64
 _hasher = PasswordHasher()
 
 
@@ -58,3 +60,21 @@ class Subscription(Base):
     model_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id"), index=True)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class UsernameTaken(Exception):
+    pass
+
+
+def create_user(session, username: str, password: str, role: str, display_name: str | None = None) -> User:
+    """A user with the accounts their role needs (used by the CLI, the admin API, the demo and the tests)."""
+    if role not in ROLES:
+        raise ValueError("unknown role")
+    if session.scalar(select(User.id).where(User.username == username)) is not None:
+        raise UsernameTaken()
+    user = User(username=username, role=role, display_name=display_name)
+    user.set_password(password)
+    session.add(user)
+    session.flush()
+    create_accounts(session, user)
+    return user

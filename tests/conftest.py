@@ -39,7 +39,7 @@ from models.menus import Menu, MenuItem  # noqa: E402
 from models.purchases import Purchase  # noqa: E402
 from models.schema import upgrade_head  # noqa: E402
 from web import create_app  # noqa: E402
-from web.cli import create_user  # noqa: E402
+from models.users import create_user  # noqa: E402
 
 
 def _recreate_database(url: str) -> None:

@@ -6,10 +6,13 @@ from flask import Flask
 from sqlalchemy import select
 
 from models.db import session_scope
-from models.ledger import books_differences, create_accounts, top_up
+from models.ledger import books_differences, top_up
+from models.menus import Menu
 from models.schema import upgrade_head
-from models.users import ROLES, User
+from models.users import ROLES, User, UsernameTaken, create_user
 from worker import queue
+
+__all__ = ["register_cli", "create_user"]
 
 
 def register_cli(app: Flask) -> None:
@@ -27,7 +30,10 @@ def register_cli(app: Flask) -> None:
     def create_user_cmd(username, password, role, display_name):
         """Create a user with the accounts their role needs."""
         with session_scope() as session:
-            user = create_user(session, username, password, role, display_name)
+            try:
+                user = create_user(session, username, password, role, display_name)
+            except UsernameTaken:
+                raise click.ClickException("username taken") from None
             session.commit()
             click.echo(f"{user.role} {user.id}")
 
@@ -67,13 +73,77 @@ def register_cli(app: Flask) -> None:
         if diffs:
             raise SystemExit(1)
 
+    @app.cli.command("load-templates")
+    @click.option("--model", "username", required=True, help="Username of the model the menus are for.")
+    @click.option("--file", "path", default=None, help="A template file in the platform's format (default: the "
+                  "starter menus, seed/menu_templates.json).")
+    def load_templates_cmd(username, path):
+        """Load menu templates for a model; templates the model already has are skipped."""
+        from models.menus import LimitReached
+        from seed.loader import STARTER_FILE, TemplateError, load_templates, read_templates
 
-def create_user(session, username: str, password: str, role: str, display_name: str | None = None) -> User:
-    if session.scalar(select(User.id).where(User.username == username)) is not None:
-        raise click.ClickException("username taken")
-    user = User(username=username, role=role, display_name=display_name)
-    user.set_password(password)
-    session.add(user)
-    session.flush()
-    create_accounts(session, user)
-    return user
+        try:
+            templates = read_templates(path or STARTER_FILE)
+        except TemplateError as exc:
+            raise click.ClickException(str(exc)) from None
+        with session_scope() as session:
+            model = session.scalar(select(User).where(User.username == username, User.role == "model"))
+            if model is None:
+                raise click.ClickException("no model with that username")
+            try:
+                result = load_templates(session, model.id, templates)
+            except LimitReached as exc:
+                raise click.ClickException(str(exc)) from None
+            session.commit()
+            for menu in result.created:
+                click.echo(f"created menu {menu.id} ({len(menu.items)} items): {menu.name}")
+            for name in result.skipped:
+                click.echo(f"already loaded: {name}")
+
+    @app.cli.command("demo")
+    @click.option("--tokens", type=click.IntRange(min=1, max=1_000_000), default=5000, show_default=True)
+    def demo_cmd(tokens):
+        """Create (or reuse) demo-model and demo-fan, give the fan tokens, load the starter menus, and print
+        what to paste into curl. Passwords are new on every run and printed here only."""
+        import secrets
+
+        from seed.loader import STARTER_FILE, load_templates, read_templates
+
+        templates = read_templates(STARTER_FILE)
+        passwords = {}
+        with session_scope() as session:
+            users = {}
+            for role in ("model", "fan"):
+                username, password = f"demo-{role}", secrets.token_urlsafe(9)
+                user = session.scalar(select(User).where(User.username == username))
+                if user is None:
+                    user = create_user(session, username, password, role)
+                else:
+                    user.set_password(password)
+                users[role], passwords[role] = user, password
+            model, fan = users["model"], users["fan"]
+            entry = top_up(session, fan.id, tokens, external_ref=f"demo-top-up:{fan.id}:{tokens}")
+            load_templates(session, model.id, templates)
+            session.commit()
+            menus = session.scalars(
+                select(Menu).where(Menu.model_id == model.id).order_by(Menu.display_order)
+            ).all()
+            quick = next(m for m in menus if m.template_key == "Quick Fun Menu")
+            item = quick.items[0]
+            click.echo(f"model  demo-model  password {passwords['model']}  id {model.id}")
+            click.echo(f"fan    demo-fan    password {passwords['fan']}  id {fan.id}  (top-up entry {entry.id})")
+            for m in menus:
+                click.echo(f"menu   {m.id}  {m.name} ({len(m.items)} items, queue {m.queue_mode}, {m.visibility})")
+            base = "http://127.0.0.1:8000"
+            click.echo("\nBuy something (with `make run` going in another terminal):")
+            click.echo(
+                f"TOKEN=$(curl -s -X POST {base}/auth/login -H 'Content-Type: application/json' "
+                f"-d '{{\"username\":\"demo-fan\",\"password\":\"{passwords['fan']}\"}}' "
+                "| python3 -c 'import json,sys; print(json.load(sys.stdin)[\"access_token\"])')"
+            )
+            click.echo(
+                f"curl -s -X POST {base}/menu/purchase -H \"Authorization: Bearer $TOKEN\" "
+                f"-H 'Content-Type: application/json' -d '{{\"menu_id\":\"{quick.id}\",\"item_id\":\"{item.id}\"}}'"
+            )
+            click.echo(f"curl -s {base}/wallet -H \"Authorization: Bearer $TOKEN\"")
+            click.echo(f"curl -s {base}/menu/model/{model.id} -H \"Authorization: Bearer $TOKEN\"")

@@ -1,0 +1,1 @@
+"""Starter menu templates and the loader for files in the platform's template format."""

@@ -1,0 +1,270 @@
+"""Operator endpoints (/admin, role admin): users, top-ups, subscriptions, refunds, stuck purchases, the books."""
+from __future__ import annotations
+
+from datetime import timedelta
+
+from flask import request
+from flask_smorest import Blueprint
+from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+
+from models.audit import audit
+from models.ledger import Account, LedgerEntry, books_differences, top_up
+from models.purchases import STATUSES, InvalidTransition, Purchase
+from models.types import utcnow
+from models.users import ROLES, USERNAME_MAX, Subscription, User, UsernameTaken, create_user
+from worker import escrow
+
+from .auth import current_user_id, role_required
+from .deps import db
+from .errors import ApiError
+from .purchases import purchase_view
+from .schemas import ErrorOut, Int, PurchaseOut
+
+blp = Blueprint("admin", __name__, url_prefix="/admin", description="Operator actions (admin role)")
+
+MAX_TOP_UP = 10_000_000
+
+
+class UserIn(Schema):
+    username = fields.String(required=True, validate=validate.Length(min=1, max=USERNAME_MAX))
+    password = fields.String(required=True, load_only=True, validate=validate.Length(min=8, max=256))
+    role = fields.String(required=True, validate=validate.OneOf(ROLES))
+    display_name = fields.String(allow_none=True, validate=validate.Length(max=65))
+
+
+class UserOut(Schema):
+    id = fields.UUID()
+    username = fields.String()
+    role = fields.String()
+    display_name = fields.String(allow_none=True)
+    is_active = fields.Boolean()
+
+
+class TopUpIn(Schema):
+    amount = Int(required=True, validate=validate.Range(min=1, max=MAX_TOP_UP))
+    idempotency_key = fields.String(validate=validate.Length(min=1, max=120))
+
+
+class TopUpOut(Schema):
+    entry_id = fields.Integer()
+    fan_id = fields.UUID()
+    amount = fields.Integer()
+    token_balance = fields.Integer()
+    replayed = fields.Boolean()
+
+
+class SubscriptionIn(Schema):
+    days = Int(validate=validate.Range(min=1, max=3660))
+    expires_at = fields.AwareDateTime()
+
+    @validates_schema
+    def _one_of(self, data, **_kwargs):
+        if ("days" in data) == ("expires_at" in data):
+            raise ValidationError("Send either days or expires_at.", "days")
+        if "expires_at" in data and data["expires_at"] <= utcnow():
+            raise ValidationError("Must be in the future.", "expires_at")
+
+
+class SubscriptionOut(Schema):
+    id = fields.UUID()
+    fan_id = fields.UUID()
+    model_id = fields.UUID()
+    expires_at = fields.DateTime()
+
+
+class RefundIn(Schema):
+    reason = fields.String(load_default="admin_refund", validate=validate.Regexp(r"^[a-z_]{1,40}$"))
+
+
+class PurchaseListQuery(Schema):
+    status = fields.String(validate=validate.OneOf(STATUSES))
+    older_than_seconds = Int(validate=validate.Range(min=0, max=10 * 365 * 86400))
+    limit = Int(load_default=50, validate=validate.Range(min=1, max=500))
+    offset = Int(load_default=0, validate=validate.Range(min=0, max=10_000_000))
+
+
+class PurchaseListOut(Schema):
+    purchases = fields.List(fields.Nested(PurchaseOut))
+    total = fields.Integer()
+    limit = fields.Integer()
+    offset = fields.Integer()
+
+
+class BooksOut(Schema):
+    balanced = fields.Boolean()
+    differences = fields.List(fields.Dict())
+
+
+def _user(session, user_id, role: str) -> User:
+    user = session.get(User, user_id)
+    if user is None or user.role != role:
+        raise ApiError(404, "not_found", f"No such {role}")
+    return user
+
+
+@blp.route("/users", methods=["POST"])
+@role_required("admin")
+@blp.arguments(UserIn)
+@blp.response(201, UserOut)
+@blp.alt_response(409, schema=ErrorOut, description="username_taken")
+def create_user_endpoint(body):
+    """Create a fan, model or admin with the accounts the role needs."""
+    session = db()
+    try:
+        user = create_user(session, body["username"], body["password"], body["role"], body.get("display_name"))
+        audit(session, "user.created", user.id, current_user_id(), role=user.role)
+        session.commit()
+    except (UsernameTaken, IntegrityError):
+        session.rollback()
+        raise ApiError(409, "username_taken", "That username is taken") from None
+    return user
+
+
+def _top_up_view(session, entry: LedgerEntry, fan_id, replayed: bool) -> dict:
+    wallet = session.scalar(select(Account.balance).where(Account.owner_id == fan_id, Account.kind == "wallet"))
+    return {"entry_id": entry.id, "fan_id": fan_id, "amount": entry.amount, "token_balance": wallet,
+            "replayed": replayed}
+
+
+def _replayed_top_up(session, key: str, fan_id, amount: int) -> dict | None:
+    entry = session.scalar(select(LedgerEntry).where(LedgerEntry.external_ref == key))
+    if entry is None:
+        return None
+    wallet_id = session.scalar(select(Account.id).where(Account.owner_id == fan_id, Account.kind == "wallet"))
+    if entry.kind != "top_up" or entry.credit_account_id != wallet_id or entry.amount != amount:
+        raise ApiError(422, "idempotency_mismatch", "This idempotency key was used for a different top-up")
+    return _top_up_view(session, entry, fan_id, replayed=True)
+
+
+@blp.route("/users/<uuid:fan_id>/top-up", methods=["POST"])
+@role_required("admin")
+@blp.arguments(TopUpIn)
+@blp.response(201, TopUpOut)
+@blp.alt_response(200, schema=TopUpOut, description="The same key again: the first top-up, nothing added")
+@blp.alt_response(404, schema=ErrorOut, description="not_found: no such fan")
+@blp.alt_response(422, schema=ErrorOut, description="invalid_request, idempotency_key_required, idempotency_mismatch")
+def top_up_endpoint(body, fan_id):
+    """Issue tokens to a fan's wallet (a ledgered top_up). An idempotency key is required (the
+    `Idempotency-Key` header or `idempotency_key`): the same key tops up once."""
+    session = db()
+    key = request.headers.get("Idempotency-Key") or body.get("idempotency_key")
+    if not key or len(key) > 120:
+        raise ApiError(422, "idempotency_key_required", "Send an idempotency key of 1 to 120 characters",
+                       fields={"idempotency_key": ["Required, 1 to 120 characters."]})
+    _user(session, fan_id, "fan")
+    replay = _replayed_top_up(session, key, fan_id, body["amount"])
+    if replay is not None:
+        return replay, 200
+    entry = top_up(session, fan_id, body["amount"], external_ref=key, actor_id=current_user_id())
+    try:
+        session.commit()
+    except IntegrityError:  # the same key at the same moment: the other request's top-up stands
+        session.rollback()
+        replay = _replayed_top_up(session, key, fan_id, body["amount"])
+        if replay is None:
+            raise
+        return replay, 200
+    return _top_up_view(session, entry, fan_id, replayed=False)
+
+
+@blp.route("/subscriptions/<uuid:fan_id>/<uuid:model_id>", methods=["PUT"])
+@role_required("admin")
+@blp.arguments(SubscriptionIn)
+@blp.response(200, SubscriptionOut)
+@blp.alt_response(404, schema=ErrorOut, description="not_found: no such fan or model")
+@blp.alt_response(422, schema=ErrorOut, description="invalid_request")
+def grant_subscription(body, fan_id, model_id):
+    """Grant (or extend, or shorten) a fan's subscription to a model: `days` from now, or `expires_at`."""
+    session = db()
+    _user(session, fan_id, "fan")
+    _user(session, model_id, "model")
+    expires_at = body.get("expires_at") or utcnow() + timedelta(days=body["days"])
+    sub = session.scalar(
+        select(Subscription).where(Subscription.fan_id == fan_id, Subscription.model_id == model_id).with_for_update()
+    )
+    if sub is None:
+        sub = Subscription(fan_id=fan_id, model_id=model_id, expires_at=expires_at)
+        session.add(sub)
+    else:
+        sub.expires_at = expires_at
+    session.flush()
+    audit(session, "subscription.granted", sub.id, current_user_id(), expires_at=expires_at.isoformat())
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        raise ApiError(409, "conflict", "The subscription changed at the same time; try again") from None
+    return sub
+
+
+@blp.route("/subscriptions/<uuid:fan_id>/<uuid:model_id>", methods=["DELETE"])
+@role_required("admin")
+@blp.response(204)
+@blp.alt_response(404, schema=ErrorOut, description="not_found: no such subscription")
+def revoke_subscription(fan_id, model_id):
+    """Revoke a fan's subscription to a model at once."""
+    session = db()
+    sub = session.scalar(
+        select(Subscription).where(Subscription.fan_id == fan_id, Subscription.model_id == model_id).with_for_update()
+    )
+    if sub is None:
+        raise ApiError(404, "not_found", "No such subscription")
+    audit(session, "subscription.revoked", sub.id, current_user_id())
+    session.delete(sub)
+    session.commit()
+
+
+@blp.route("/purchases/<uuid:purchase_id>/refund", methods=["POST"])
+@role_required("admin")
+@blp.arguments(RefundIn)
+@blp.response(200, PurchaseOut)
+@blp.alt_response(404, schema=ErrorOut, description="not_found")
+@blp.alt_response(409, schema=ErrorOut, description="not_refundable: only queued or in_progress purchases")
+def refund_purchase(body, purchase_id):
+    """Refund a queued or in-progress purchase: its escrow goes back to the fan. A completed, failed, pending
+    or already refunded purchase cannot be refunded here (409 not_refundable)."""
+    session = db()
+    purchase = escrow.lock_purchase(session, purchase_id)
+    if purchase is None:
+        raise ApiError(404, "not_found", "No such purchase")
+    try:
+        escrow.refund(session, purchase, body["reason"], actor_id=current_user_id())
+    except InvalidTransition as exc:
+        session.rollback()
+        raise ApiError(409, "not_refundable", f"A {exc.current} purchase cannot be refunded",
+                       status=exc.current) from None
+    session.commit()
+    return purchase_view(purchase)
+
+
+@blp.route("/purchases", methods=["GET"])
+@role_required("admin")
+@blp.arguments(PurchaseListQuery, location="query")
+@blp.response(200, PurchaseListOut)
+def list_purchases(query):
+    """Purchases by status and age, oldest first: `status=pending&older_than_seconds=60` lists stuck ones."""
+    session = db()
+    where = []
+    if "status" in query:
+        where.append(Purchase.status == query["status"])
+    if "older_than_seconds" in query:
+        where.append(Purchase.created_at < utcnow() - timedelta(seconds=query["older_than_seconds"]))
+    total = session.scalar(select(func.count()).select_from(Purchase).where(*where))
+    rows = session.scalars(
+        select(Purchase).where(*where).order_by(Purchase.created_at, Purchase.id)
+        .limit(query["limit"]).offset(query["offset"])
+    ).all()
+    return {"purchases": [purchase_view(p) for p in rows], "total": total, "limit": query["limit"],
+            "offset": query["offset"]}
+
+
+@blp.route("/books", methods=["GET"])
+@role_required("admin")
+@blp.response(200, BooksOut)
+def books_check():
+    """Recompute every balance from the ledger: each account against its ledger rows, and each currency's
+    balances against what was issued. `balanced` is false and `differences` lists them on any mismatch."""
+    diffs = books_differences(db())
+    return {"balanced": not diffs, "differences": diffs}
