@@ -80,9 +80,9 @@ class RefundIn(Schema):
 
 class PurchaseListQuery(Schema):
     status = fields.String(validate=validate.OneOf(STATUSES))
-    older_than_seconds = Int(validate=validate.Range(min=0, max=10 * 365 * 86400))
-    limit = Int(load_default=50, validate=validate.Range(min=1, max=500))
-    offset = Int(load_default=0, validate=validate.Range(min=0, max=10_000_000))
+    older_than_seconds = fields.Integer(validate=validate.Range(min=0, max=10 * 365 * 86400))
+    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=500))
+    offset = fields.Integer(load_default=0, validate=validate.Range(min=0, max=10_000_000))
 
 
 class PurchaseListOut(Schema):
@@ -158,15 +158,18 @@ def top_up_endpoint(body, fan_id):
     if replay is not None:
         return replay, 200
     entry = top_up(session, fan_id, body["amount"], external_ref=key, actor_id=current_user_id())
-    try:
-        session.commit()
-    except IntegrityError:  # the same key at the same moment: the other request's top-up stands
-        session.rollback()
-        replay = _replayed_top_up(session, key, fan_id, body["amount"])
-        if replay is None:
-            raise
-        return replay, 200
-    return _top_up_view(session, entry, fan_id, replayed=False)
+    if entry in session.new:
+        try:
+            session.commit()
+            return _top_up_view(session, entry, fan_id, replayed=False)
+        except IntegrityError:
+            pass
+    # The same key at the same moment: the other request's top-up stands, this one adds nothing.
+    session.rollback()
+    replay = _replayed_top_up(session, key, fan_id, body["amount"])
+    if replay is None:
+        raise ApiError(409, "conflict", "The top-up could not be recorded; try again")
+    return replay, 200
 
 
 @blp.route("/subscriptions/<uuid:fan_id>/<uuid:model_id>", methods=["PUT"])
