@@ -31,6 +31,12 @@ run: install
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# A model, a fan with tokens and the starter menus (seed/menu_templates.json); prints the curl lines to buy
+# something against `make run`. Safe to run again (new passwords, nothing duplicated).
+demo: install
+	$(FLASK) db-upgrade
+	$(FLASK) demo
+
 check-books: install
 	$(FLASK) check-books
 
