@@ -5,7 +5,7 @@ import uuid
 from datetime import date, timedelta
 
 import pytest
-from conftest import assert_books_balance, balance, ledger_rows, run_concurrently
+from conftest import assert_books_balance, balance, get_purchase, ledger_rows, run_concurrently
 from sqlalchemy import func, select, text
 
 from models.db import new_session
@@ -13,7 +13,7 @@ from models.ledger import LedgerEntry
 from models.purchases import Purchase
 from models.types import utcnow
 from models.users import Subscription, User
-from worker import escrow
+from worker import queue
 
 
 @pytest.fixture
@@ -188,8 +188,11 @@ def test_refund_where_the_state_allows_it_and_books_after_a_mixed_run(client, ad
     completed = buy(client, factory.headers(fans[0]), off, kiss, "d")["purchase_id"]
 
     # queued -> refunded, once; completed / failed / refunded -> 409.
+    assert queue.position(get_purchase(uuid.UUID(queued[0]))) is not None
     r = client.post(f"/admin/purchases/{queued[0]}/refund", json={"reason": "model_unavailable"}, headers=admin)
     assert r.status_code == 200, r.json
+    assert queue.position(get_purchase(uuid.UUID(queued[0]))) is None  # out of the model's Redis queue
+    assert queue.position(get_purchase(uuid.UUID(queued[1])))[0] == 1
     assert (r.json["status"], r.json["refund_reason"], r.json["loyalty_points_awarded"]) == (
         "refunded", "model_unavailable", 0)
     r = client.post(f"/admin/purchases/{queued[1]}/refund", json={}, headers=admin)
@@ -214,12 +217,8 @@ def test_refund_where_the_state_allows_it_and_books_after_a_mixed_run(client, ad
     assert client.post(f"/admin/purchases/{uuid.uuid4()}/refund", json={}, headers=admin).status_code == 404
     r = client.post(f"/admin/purchases/{queued[2]}/refund", json={"reason": "Bad Reason!"}, headers=admin)
     assert r.status_code == 422 and "reason" in r.json["fields"]
-    s = new_session()  # the model starts the last entry; an in-progress entry can still be refunded
-    try:
-        escrow.start(s, escrow.lock_purchase(s, uuid.UUID(queued[2])))
-        s.commit()
-    finally:
-        s.close()
+    # The model starts the last entry; an in-progress entry can still be refunded.
+    assert client.post(f"/queue/{queued[2]}/start", headers=factory.headers(model)).status_code == 200
     r = client.post(f"/admin/purchases/{queued[2]}/refund", json={}, headers=admin)
     assert r.status_code == 200 and r.json["status"] == "refunded"
     assert balance(model.id, "escrow") == 0

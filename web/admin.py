@@ -15,6 +15,7 @@ from models.purchases import STATUSES, InvalidTransition, Purchase
 from models.types import utcnow
 from models.users import ROLES, USERNAME_MAX, Subscription, User, UsernameTaken, create_user
 from worker import escrow
+from worker.tasks import after_queue_change
 
 from .auth import current_user_id, role_required
 from .deps import db
@@ -239,6 +240,7 @@ def refund_purchase(body, purchase_id):
         raise ApiError(409, "not_refundable", f"A {exc.current} purchase cannot be refunded",
                        status=exc.current) from None
     session.commit()
+    after_queue_change([purchase])  # the entry leaves the model's Redis queue
     return purchase_view(purchase)
 
 
