@@ -111,13 +111,13 @@ class Settings:
             lovense_developer_token=env.get("LOVENSE_DEVELOPER_TOKEN") or "",
             lovense_enabled=_bool(env, "LOVENSE_ENABLED", True),
             lovense_callback_secret=env.get("LOVENSE_CALLBACK_SECRET") or secret,
-            lovense_connect_timeout=_float(env, "LOVENSE_CONNECT_TIMEOUT", 3.05),
-            lovense_read_timeout=_float(env, "LOVENSE_READ_TIMEOUT", 10.0),
-            lovense_max_attempts=max(1, _int(env, "LOVENSE_MAX_ATTEMPTS", 5)),
-            lovense_backoff_seconds=_float(env, "LOVENSE_BACKOFF_SECONDS", 1.0),
-            lovense_backoff_max_seconds=_float(env, "LOVENSE_BACKOFF_MAX_SECONDS", 60.0),
-            lovense_rate_limit=max(1, _int(env, "LOVENSE_RATE_LIMIT", 20)),
-            lovense_rate_window_seconds=max(1, _int(env, "LOVENSE_RATE_WINDOW_SECONDS", 60)),
+            lovense_connect_timeout=_number(env, "LOVENSE_CONNECT_TIMEOUT", 3.05, float),
+            lovense_read_timeout=_number(env, "LOVENSE_READ_TIMEOUT", 10.0, float),
+            lovense_max_attempts=max(1, _number(env, "LOVENSE_MAX_ATTEMPTS", 5)),
+            lovense_backoff_seconds=_number(env, "LOVENSE_BACKOFF_SECONDS", 1.0, float),
+            lovense_backoff_max_seconds=_number(env, "LOVENSE_BACKOFF_MAX_SECONDS", 60.0, float),
+            lovense_rate_limit=max(1, _number(env, "LOVENSE_RATE_LIMIT", 20)),
+            lovense_rate_window_seconds=max(1, _number(env, "LOVENSE_RATE_WINDOW_SECONDS", 60)),
         )
 
 
