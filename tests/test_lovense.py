@@ -12,7 +12,7 @@ from fake_lovense import OK, hang, http_status, reply_code
 from sqlalchemy import select
 
 from models.db import new_session
-from models.lovense import LovenseActivation, LovenseLink, callback_utoken
+from models.lovense import LovenseActivation, callback_utoken
 from models.settings import get_settings
 from worker import activations, escrow
 from worker.handoff import request_activation

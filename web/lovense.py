@@ -97,8 +97,9 @@ def qr_code():
         raise ApiError(503, "lovense_disabled", "Lovense is switched off on this platform")
     model_id = current_user_id()
     # uid and uname are our model id: Lovense needs no personal data to pair.
+    utoken = callback_utoken(settings.lovense_callback_secret, model_id)
     try:
-        qr = get_client().qr_code(str(model_id), str(model_id), callback_utoken(settings.lovense_callback_secret, model_id))
+        qr = get_client().qr_code(str(model_id), str(model_id), utoken)
     except LovenseError as exc:
         raise ApiError(502, "lovense_unavailable", f"Lovense did not return a QR code ({exc.code})") from None
     return {"qr_url": qr["qr"], "code": qr["code"]}

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from datetime import timedelta
 
@@ -126,5 +127,7 @@ def activate_toy(purchase_id, claim=None) -> str:
     """One step of a purchase's toy activation (see worker/activations.py); re-enqueues itself to retry."""
     step = activations.run(purchase_id, claim)
     if step.delay is not None:
+        if celery.conf.task_always_eager:
+            time.sleep(step.delay)  # embedded mode runs tasks inline, where a countdown would be ignored
         activate_toy.apply_async(args=[str(purchase_id), step.claim], countdown=step.delay)
     return step.status
