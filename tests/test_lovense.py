@@ -346,3 +346,22 @@ def test_build_command_ranges_and_backoff():
     base, cap = settings.lovense_backoff_seconds, settings.lovense_backoff_max_seconds
     assert base / 2 <= delays[0] <= base and base <= delays[1] <= 2 * base
     assert cap / 2 <= delays[3] <= cap
+
+
+def test_no_developer_token_or_utoken_in_logs(client, factory, fake_lovense, caplog):
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    fan, model = factory.user("fan", tokens=100), factory.user("model")
+    assert client.post("/lovense/qr-code", headers=factory.headers(model)).status_code == 200
+    utoken = fake_lovense.requests[0]["json"]["utoken"]
+    assert client.post("/lovense/callback", json={"uid": str(model.id), "utoken": utoken}).status_code == 200
+    assert client.post("/lovense/callback", json={"uid": str(model.id), "utoken": utoken[::-1]}).status_code == 403
+    item = {**TEASE_LOW, "lovense_activation": {**TEASE_LOW["lovense_activation"], "timing_offset": 60_000}}
+    menu = factory.menu(model, items=[item])
+    purchase_id = buy(client, factory, fan, menu, menu.created_items[0])  # the worker's run is a minute away
+    fake_lovense.script("/api/lan/v2/command", reply_code(501))
+    assert activations.run(purchase_id).status == "failed"  # here, so this process's logs are captured
+    assert len(fake_lovense.commands()) == 1
+    assert caplog.records
+    assert TOKEN not in caplog.text and utoken not in caplog.text
