@@ -14,8 +14,7 @@ from sqlalchemy import select
 from models.db import new_session
 from models.lovense import LovenseActivation, callback_utoken
 from models.settings import get_settings
-from worker import activations, escrow
-from worker.handoff import request_activation
+from worker import activations
 from worker.lovense import build_command
 from worker.tasks import activate_toy
 
@@ -104,7 +103,7 @@ def test_exact_commands_for_the_three_seed_tease_items(client, factory, fake_lov
     assert_books_balance()
 
 
-def test_queue_on_item_activates_when_the_model_starts_it(client, factory, fake_lovense, session):
+def test_queue_on_item_activates_when_the_model_starts_it(client, factory, fake_lovense):
     fan = factory.user("fan", tokens=1000)
     model, menu = paired_model_with(client, factory, CONTROL_5_MIN, queue_mode="ON", visibility="public")
     purchase_id = buy(client, factory, fan, menu, menu.created_items[0])
@@ -112,13 +111,12 @@ def test_queue_on_item_activates_when_the_model_starts_it(client, factory, fake_
     time.sleep(0.5)
     assert fake_lovense.commands() == [] and activation(purchase_id) is None  # nothing until the model starts
 
-    # What the queue's start endpoint does: start in escrow, commit, then hand the activation off.
-    purchase = escrow.lock_purchase(session, purchase_id)
-    escrow.start(session, purchase, actor_id=model.id)
-    session.commit()
-    request_activation(purchase_id, delay_ms=purchase.lovense_activation["timing_offset"])
+    r = client.post(f"/queue/{purchase_id}/start", headers=factory.headers(model))
+    assert r.status_code == 200, r.json
+    started_at = time.time()
 
     row = wait_activation(purchase_id)
+    assert 0.95 <= fake_lovense.requests[0]["at"] - started_at < 6  # timing_offset 1 s after the start
     assert row.status == "sent"
     assert fake_lovense.commands() == [
         {"token": TOKEN, "uid": str(model.id), "command": "Function", "action": "Vibrate:20,Rotate:20,Pump:3",
