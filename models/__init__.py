@@ -2,6 +2,7 @@
 from .audit import AuditEvent, audit
 from .db import Base, get_engine, new_session, session_scope
 from .ledger import Account, InsufficientFunds, LedgerEntry
+from .lovense import LovenseActivation, LovenseLink
 from .menus import Menu, MenuItem, MenuWhitelist
 from .purchases import InvalidTransition, Purchase
 from .settings import Settings, get_settings
@@ -14,6 +15,8 @@ __all__ = [
     "InsufficientFunds",
     "InvalidTransition",
     "LedgerEntry",
+    "LovenseActivation",
+    "LovenseLink",
     "Menu",
     "MenuItem",
     "MenuWhitelist",

@@ -55,6 +55,13 @@ class Settings:
     lovense_developer_token: str = field(default="", repr=False)
     lovense_enabled: bool = True
     lovense_callback_secret: str = field(default="", repr=False)
+    lovense_connect_timeout: float = 3.05  # seconds to connect to the Lovense API
+    lovense_read_timeout: float = 10.0  # seconds to wait for its reply
+    lovense_max_attempts: int = 5  # sends of one activation before it is recorded as failed
+    lovense_backoff_seconds: float = 1.0  # first retry delay; doubles each attempt, with jitter
+    lovense_backoff_max_seconds: float = 60.0
+    lovense_rate_limit: int = 20  # commands per model per window
+    lovense_rate_window_seconds: int = 60
 
     @property
     def embedded(self) -> bool:
@@ -104,6 +111,13 @@ class Settings:
             lovense_developer_token=env.get("LOVENSE_DEVELOPER_TOKEN") or "",
             lovense_enabled=_bool(env, "LOVENSE_ENABLED", True),
             lovense_callback_secret=env.get("LOVENSE_CALLBACK_SECRET") or secret,
+            lovense_connect_timeout=_number(env, "LOVENSE_CONNECT_TIMEOUT", 3.05, float),
+            lovense_read_timeout=_number(env, "LOVENSE_READ_TIMEOUT", 10.0, float),
+            lovense_max_attempts=max(1, _number(env, "LOVENSE_MAX_ATTEMPTS", 5)),
+            lovense_backoff_seconds=_number(env, "LOVENSE_BACKOFF_SECONDS", 1.0, float),
+            lovense_backoff_max_seconds=_number(env, "LOVENSE_BACKOFF_MAX_SECONDS", 60.0, float),
+            lovense_rate_limit=max(1, _number(env, "LOVENSE_RATE_LIMIT", 20)),
+            lovense_rate_window_seconds=max(1, _number(env, "LOVENSE_RATE_WINDOW_SECONDS", 60)),
         )
 
 

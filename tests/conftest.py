@@ -19,7 +19,24 @@ DATABASE_URL = os.environ.get("TEST_DATABASE_URL", "postgresql+psycopg://postgre
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 BROKER_URL = os.environ.get("TEST_BROKER_URL", "redis://127.0.0.1:6379/14")
 
+from fake_lovense import FakeLovense  # noqa: E402
+
+# The fake Lovense server binds its port now, so that this process and every worker process it starts get
+# LOVENSE_API_URL pointing at it (and short timeouts and backoffs) before any settings are read.
+FAKE_LOVENSE = FakeLovense().start()
+LOVENSE_TEST_ENV = {
+    "LOVENSE_API_URL": FAKE_LOVENSE.url,
+    "LOVENSE_DEVELOPER_TOKEN": "test-developer-token",
+    "LOVENSE_CALLBACK_SECRET": "test-callback-secret",
+    "LOVENSE_CONNECT_TIMEOUT": "0.5",
+    "LOVENSE_READ_TIMEOUT": "0.5",
+    "LOVENSE_MAX_ATTEMPTS": "3",
+    "LOVENSE_BACKOFF_SECONDS": "0.05",
+    "LOVENSE_BACKOFF_MAX_SECONDS": "0.2",
+}
+
 os.environ.update(
+    **LOVENSE_TEST_ENV,
     DATABASE_URL=DATABASE_URL,
     REDIS_URL=REDIS_URL,
     CELERY_BROKER_URL=BROKER_URL,
@@ -118,6 +135,14 @@ def celery_worker(database):
     worker = WorkerProcess().start()
     yield worker
     worker.stop()
+
+
+@pytest.fixture
+def fake_lovense():
+    """The fake Lovense API every process of the test run talks to, emptied and scripted to succeed."""
+    FAKE_LOVENSE.reset()
+    yield FAKE_LOVENSE
+    FAKE_LOVENSE.reset()
 
 
 @pytest.fixture(autouse=True)

@@ -8,7 +8,7 @@ from flask_smorest import Api
 
 from models.settings import Settings, get_settings
 
-from . import admin, auth, menu_manage, menus, purchases, queue, wallet
+from . import admin, auth, lovense, menu_manage, menus, purchases, queue, wallet
 from .cli import register_cli
 from .deps import close_db
 from .errors import register_error_handlers
@@ -36,7 +36,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     )
     auth.init_jwt(app)
     api = Api(app)
-    for blueprint in (auth.blp, menus.blp, menu_manage.blp, purchases.blp, queue.blp, wallet.blp, admin.blp):
+    for blueprint in (auth.blp, menus.blp, menu_manage.blp, purchases.blp, queue.blp, wallet.blp, admin.blp,
+                      lovense.blp):
         api.register_blueprint(blueprint)
     register_error_handlers(app)  # after Api(), so our envelope replaces flask-smorest's
     app.teardown_appcontext(close_db)

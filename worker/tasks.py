@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from datetime import timedelta
 
@@ -11,11 +12,13 @@ from sqlalchemy import select
 
 from models.db import session_scope
 from models.ledger import lock_accounts
+from models.lovense import activation_enabled
 from models.purchases import OPEN_QUEUE_STATUSES, Purchase
 from models.settings import get_settings
 from models.types import utcnow
 
-from . import escrow, queue
+from . import activations, escrow, queue
+from .handoff import request_activation
 from .settlement import settle_pending
 from .verdicts import publish_verdicts
 
@@ -26,14 +29,22 @@ def after_settlement(purchases) -> None:
     """Side effects that follow a committed settlement; none of them can undo it."""
     queue.sync(purchases)  # before the verdict, so the waiting request finds its queue position
     publish_verdicts(purchases)
+    # Queue OFF: the toy runs timing_offset ms after settlement (Queue ON: when the model starts the entry).
+    _request_activations(p for p in purchases if p.status == "completed")
+
+
+def _request_activations(purchases) -> None:
+    for p in purchases:
+        if activation_enabled(p.lovense_activation):
+            request_activation(p.id, delay_ms=p.lovense_activation.get("timing_offset") or 0)
 
 
 def after_queue_change(purchases) -> None:
     """Side effects that follow a committed queue transition (start, complete, reject, cancel, deadline
     refund); none of them can undo it."""
     queue.sync(purchases)
-    # Lovense (DESIGN 5): a Queue ON item's toy activation belongs here, for the purchases now `in_progress`
-    # (the model just started them); the Lovense hand-off is not on main yet.
+    # Lovense (DESIGN 5): a Queue ON item's toy runs timing_offset ms after the model starts the entry.
+    _request_activations(p for p in purchases if p.status == "in_progress")
 
 
 def settle(purchase_ids=None, older_than=None) -> int:
@@ -109,3 +120,14 @@ def reconcile() -> dict:
 @celery.task(name="perfmenu.reconcile_queues")
 def reconcile_queues() -> dict:
     return reconcile()
+
+
+@celery.task(name="perfmenu.activate_toy")
+def activate_toy(purchase_id, claim=None) -> str:
+    """One step of a purchase's toy activation (see worker/activations.py); re-enqueues itself to retry."""
+    step = activations.run(purchase_id, claim)
+    if step.delay is not None:
+        if celery.conf.task_always_eager:
+            time.sleep(step.delay)  # embedded mode runs tasks inline, where a countdown would be ignored
+        activate_toy.apply_async(args=[str(purchase_id), step.claim], countdown=step.delay)
+    return step.status

@@ -1,0 +1,67 @@
+"""Lovense (DESIGN 5): a model's paired toy account and one activation record per purchase."""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import uuid
+from datetime import datetime
+
+from sqlalchemy import JSON, BigInteger, ForeignKey, Index, Integer, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from .db import Base
+from .types import UTCDateTime, str_enum, utcnow
+
+ACTIVATION_STATUSES = ("pending", "sent", "failed", "skipped")
+DEVICE_TYPES = ("vibrator", "pump", "all")
+PATTERNS = ("steady", "pulse", "wave", "custom")
+
+
+class LovenseLink(Base):
+    """A model's link to their Lovense account, written by Lovense's pairing callback."""
+
+    __tablename__ = "lovense_links"
+
+    model_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id"), primary_key=True)
+    uid: Mapped[str] = mapped_column(String(128))
+    toys: Mapped[dict | None] = mapped_column(JSON)
+    linked_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class LovenseActivation(Base):
+    """The toy activation of one purchase (UNIQUE purchase_id: at most one, however often it is requested).
+
+    A task owns the row while `claim_token` is set and `locked_until` has not passed: a duplicate delivery
+    of the task finds it claimed and does nothing; a task that died mid-send frees it when the lease ends."""
+
+    __tablename__ = "lovense_activations"
+    __table_args__ = (Index("ix_lovense_activations_status_updated", "status", "updated_at"),)
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    purchase_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("purchases.id"), unique=True)
+    model_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id"), index=True)
+    status: Mapped[str] = mapped_column(str_enum(*ACTIVATION_STATUSES, name="activation_status"), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(String(40))
+    claim_token: Mapped[str | None] = mapped_column(String(32))
+    locked_until: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    last_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+def activation_enabled(spec) -> bool:
+    """True if a purchase's lovense_activation snapshot asks for a toy activation."""
+    return isinstance(spec, dict) and spec.get("enabled") is True
+
+
+def callback_utoken(secret: str, model_id) -> str:
+    """The utoken we hand to Lovense for a model and expect back in its callback: HMAC-SHA256 of the id."""
+    return hmac.new(secret.encode(), str(model_id).encode(), hashlib.sha256).hexdigest()
+
+
+def utoken_valid(secret: str, model_id, utoken) -> bool:
+    if not isinstance(utoken, str) or not secret:
+        return False
+    return hmac.compare_digest(callback_utoken(secret, model_id).encode(), utoken.encode())

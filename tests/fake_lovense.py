@@ -1,0 +1,114 @@
+"""A fake Lovense Standard API server: a real HTTP server on 127.0.0.1 in a thread.
+
+It records every request (path and JSON body) and answers from a script: each queued reply is used once,
+then the default reply. A reply is (http_status, json_body, delay_seconds); a long delay makes it hang."""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+OK = (200, {"result": True, "code": 200, "message": "Success"}, 0)
+QR_OK = (200, {"result": True, "code": 0, "message": "Success",
+               "data": {"qr": "https://test2.lovense.com/UploadFiles/qr/20220106/xxx.jpg", "code": "ABCD1234"}}, 0)
+
+
+def reply_code(code: int, delay: float = 0):
+    """A Lovense reply over HTTP 200 carrying `code` (507 app offline, 501 invalid token, ...)."""
+    return (200, {"result": False, "code": code, "message": f"error {code}"}, delay)
+
+
+def http_status(status: int, delay: float = 0):
+    return (status, {"message": f"http {status}"}, delay)
+
+
+def hang(seconds: float):
+    return (200, OK[1], seconds)
+
+
+class FakeLovense:
+    def __init__(self):
+        self.requests: list[dict] = []
+        self._script: dict[str, list] = {}
+        self._default: dict[str, tuple] = {}
+        self._lock = threading.Lock()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address
+        return f"http://{host}:{port}"
+
+    def start(self):
+        self._thread.start()
+        return self
+
+    def stop(self):
+        self._server.shutdown()
+        self._server.server_close()
+
+    def reset(self):
+        with self._lock:
+            self.requests.clear()
+            self._script.clear()
+            self._default.clear()
+
+    def script(self, path: str, *replies, default=None):
+        """Answer the next requests to `path` with `replies` in order, then with `default` (or success)."""
+        with self._lock:
+            self._script[path] = list(replies)
+            if default is not None:
+                self._default[path] = default
+
+    def commands(self) -> list[dict]:
+        with self._lock:
+            return [r["json"] for r in self.requests if r["path"] == "/api/lan/v2/command"]
+
+    def wait_for(self, predicate, timeout: float = 15.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return True
+            time.sleep(0.02)
+        return predicate()
+
+    def _next(self, path):
+        with self._lock:
+            queue = self._script.get(path)
+            if queue:
+                return queue.pop(0)
+            return self._default.get(path) or (QR_OK if path == "/api/lan/getQrCode" else OK)
+
+    def _handler(self):
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length)
+                try:
+                    body = json.loads(raw)
+                except ValueError:
+                    body = None
+                with fake._lock:
+                    fake.requests.append({"path": self.path, "json": body, "at": time.time()})
+                status, reply, delay = fake._next(self.path)
+                if delay:
+                    time.sleep(delay)
+                data = json.dumps(reply).encode()
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up waiting (a timeout under test)
+
+            def log_message(self, *args):
+                pass
+
+        return Handler

@@ -1,0 +1,365 @@
+"""Issue 4: Lovense pairing and toy activations, against a fake Lovense API (a real HTTP server on 127.0.0.1)
+and a real Celery worker whose LOVENSE_API_URL points at it (short timeouts and backoffs: see conftest)."""
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+import pytest
+from conftest import LOVENSE_TEST_ENV, assert_books_balance, balance, get_purchase
+from fake_lovense import OK, hang, http_status, reply_code
+from sqlalchemy import select
+
+from models.db import new_session
+from models.lovense import LovenseActivation, callback_utoken
+from models.settings import get_settings
+from worker import activations
+from worker.lovense import build_command
+from worker.tasks import activate_toy
+
+pytestmark = pytest.mark.usefixtures("celery_worker")
+
+TOKEN = LOVENSE_TEST_ENV["LOVENSE_DEVELOPER_TOKEN"]
+SECRET = LOVENSE_TEST_ENV["LOVENSE_CALLBACK_SECRET"]
+
+
+def lovense(device, intensity, seconds, offset_ms, pattern):
+    return {"enabled": True, "device_type": device, "intensity": intensity, "duration_ms": seconds * 1000,
+            "timing_offset": offset_ms, "pattern": pattern}
+
+
+# The seed's Lovense items (DESIGN 8).
+TEASE_LOW = {"name": "Lovense Tease - Low", "token_value": 20, "bonus_loyalty_points": 10,
+             "lovense_activation": lovense("vibrator", 5, 10, 500, "steady")}
+TEASE_MEDIUM = {"name": "Lovense Tease - Medium", "token_value": 50, "bonus_loyalty_points": 30,
+                "lovense_activation": lovense("vibrator", 10, 15, 500, "pulse")}
+TEASE_HIGH = {"name": "Lovense Tease - High", "token_value": 100, "bonus_loyalty_points": 75,
+              "lovense_activation": lovense("vibrator", 18, 20, 500, "wave")}
+CONTROL_5_MIN = {"name": "Control My Lovense 5 minutes", "token_value": 1000, "bonus_loyalty_points": 1100,
+                 "lovense_activation": lovense("all", 20, 300, 1000, "custom")}
+FINAL = ("sent", "failed", "skipped")
+
+
+def pair(client, model):
+    r = client.post("/lovense/callback", json={"uid": str(model.id), "utoken": callback_utoken(SECRET, model.id),
+                                               "toys": {"t1": {"name": "lush", "status": 1}}})
+    assert r.status_code == 200, r.json
+
+
+def buy(client, factory, fan, menu, item):
+    r = client.post("/menu/purchase", json={"menu_id": str(menu.id), "item_id": str(item.id)},
+                    headers=factory.headers(fan))
+    assert r.status_code == 200, r.json
+    return uuid.UUID(r.json["purchase_id"])
+
+
+def activation(purchase_id) -> LovenseActivation | None:
+    s = new_session()
+    try:
+        return s.scalar(select(LovenseActivation).where(LovenseActivation.purchase_id == purchase_id))
+    finally:
+        s.close()
+
+
+def wait_activation(purchase_id, timeout=15.0) -> LovenseActivation:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        row = activation(purchase_id)
+        if row is not None and row.status in FINAL:
+            return row
+        time.sleep(0.05)
+    raise AssertionError(f"activation of {purchase_id} not final: {activation(purchase_id)}")
+
+
+def paired_model_with(client, factory, *items, **menu_fields):
+    model = factory.user("model")
+    pair(client, model)
+    menu = factory.menu(model, items=list(items), **menu_fields)
+    return model, menu
+
+
+def test_exact_commands_for_the_three_seed_tease_items(client, factory, fake_lovense):
+    fan = factory.user("fan", tokens=1000)
+    model, menu = paired_model_with(client, factory, TEASE_LOW, TEASE_MEDIUM, TEASE_HIGH)
+    expected = [
+        {"token": TOKEN, "uid": str(model.id), "command": "Function", "action": "Vibrate:5", "timeSec": 10,
+         "apiVer": 1},
+        {"token": TOKEN, "uid": str(model.id), "command": "Preset", "name": "pulse", "timeSec": 15, "apiVer": 1},
+        {"token": TOKEN, "uid": str(model.id), "command": "Preset", "name": "wave", "timeSec": 20, "apiVer": 1},
+    ]
+    for item, body in zip(menu.created_items, expected):
+        fake_lovense.reset()
+        purchase_id = buy(client, factory, fan, menu, item)
+        row = wait_activation(purchase_id)
+        assert (row.status, row.attempts, row.last_error) == ("sent", 1, None)
+        assert fake_lovense.commands() == [body]
+        # Sent timing_offset (500 ms) after settlement, not before.
+        settled_at = get_purchase(purchase_id).settled_at.timestamp()
+        sent_at = fake_lovense.requests[0]["at"]
+        assert 0.45 <= sent_at - settled_at < 5, sent_at - settled_at
+        assert get_purchase(purchase_id).status == "completed"
+    assert balance(fan.id, "wallet") == 1000 - 20 - 50 - 100
+    assert_books_balance()
+
+
+def test_queue_on_item_activates_when_the_model_starts_it(client, factory, fake_lovense):
+    fan = factory.user("fan", tokens=1000)
+    model, menu = paired_model_with(client, factory, CONTROL_5_MIN, queue_mode="ON", visibility="public")
+    purchase_id = buy(client, factory, fan, menu, menu.created_items[0])
+    assert get_purchase(purchase_id).status == "queued"
+    time.sleep(0.5)
+    assert fake_lovense.commands() == [] and activation(purchase_id) is None  # nothing until the model starts
+
+    r = client.post(f"/queue/{purchase_id}/start", headers=factory.headers(model))
+    assert r.status_code == 200, r.json
+    started_at = time.time()
+
+    row = wait_activation(purchase_id)
+    assert 0.95 <= fake_lovense.requests[0]["at"] - started_at < 6  # timing_offset 1 s after the start
+    assert row.status == "sent"
+    assert fake_lovense.commands() == [
+        {"token": TOKEN, "uid": str(model.id), "command": "Function", "action": "Vibrate:20,Rotate:20,Pump:3",
+         "timeSec": 300, "apiVer": 1}
+    ]
+    assert get_purchase(purchase_id).status == "in_progress"
+    assert_books_balance()
+
+
+def test_503_then_507_then_200_is_one_activation_after_retries(client, factory, fake_lovense):
+    fan = factory.user("fan", tokens=100)
+    model, menu = paired_model_with(client, factory, TEASE_LOW)
+    fake_lovense.script("/api/lan/v2/command", http_status(503), reply_code(507))
+    purchase_id = buy(client, factory, fan, menu, menu.created_items[0])
+    row = wait_activation(purchase_id)
+    assert (row.status, row.attempts, row.last_error) == ("sent", 3, None)
+    assert row.sent_at is not None
+    assert len(fake_lovense.commands()) == 3
+    assert len({str(c) for c in fake_lovense.commands()}) == 1  # the same command each time
+    assert get_purchase(purchase_id).status == "completed"
+    assert balance(model.id, "earnings") == 20
+    assert_books_balance()
+
+
+@pytest.mark.parametrize("reply,error", [
+    (reply_code(501), "lovense_501"),
+    (reply_code(503), "lovense_503"),
+    (reply_code(400), "lovense_400"),
+    (http_status(404), "http_404"),
+])
+def test_permanent_error_fails_after_one_try_and_an_admin_can_resend(client, factory, fake_lovense, reply, error):
+    fan, admin = factory.user("fan", tokens=100), factory.user("admin")
+    model, menu = paired_model_with(client, factory, TEASE_LOW)
+    fake_lovense.script("/api/lan/v2/command", default=reply)
+    purchase_id = buy(client, factory, fan, menu, menu.created_items[0])
+    row = wait_activation(purchase_id)
+    assert (row.status, row.attempts, row.last_error) == ("failed", 1, error)
+    time.sleep(0.5)  # longer than any backoff: no retry comes
+    assert len(fake_lovense.commands()) == 1
+    assert get_purchase(purchase_id).status == "completed"
+    assert_books_balance()
+
+    admin_headers = factory.headers(admin)
+    listed = client.get("/lovense/activations", headers=admin_headers)
+    assert listed.status_code == 200
+    assert [a["purchase_id"] for a in listed.json["activations"]] == [str(purchase_id)]
+    assert listed.json["activations"][0]["last_error"] == error
+    assert client.get("/lovense/activations", headers=factory.headers(fan)).status_code == 403
+
+    fake_lovense.script("/api/lan/v2/command", default=OK)
+    r = client.post(f"/lovense/activations/{purchase_id}/resend", headers=admin_headers)
+    assert r.status_code == 202, r.json
+    row = wait_activation(purchase_id)
+    assert (row.status, row.attempts) == ("sent", 1)
+    assert len(fake_lovense.commands()) == 2
+    # Only failed or skipped activations are re-sent.
+    assert client.post(f"/lovense/activations/{purchase_id}/resend", headers=admin_headers).status_code == 409
+    assert client.post(f"/lovense/activations/{uuid.uuid4()}/resend", headers=admin_headers).status_code == 404
+    assert client.get("/lovense/activations?status=failed", headers=admin_headers).json["total"] == 0
+
+
+def test_hanging_lovense_times_out_is_retried_and_finally_fails(client, factory, fake_lovense):
+    fan = factory.user("fan", tokens=100)
+    model, menu = paired_model_with(client, factory, TEASE_LOW)
+    fake_lovense.script("/api/lan/v2/command", default=hang(3))  # the read timeout is 0.5 s
+    purchase_id = buy(client, factory, fan, menu, menu.created_items[0])
+    row = wait_activation(purchase_id, timeout=20)
+    assert (row.status, row.attempts, row.last_error) == ("failed", 3, "timeout")
+    assert len(fake_lovense.commands()) == 3  # LOVENSE_MAX_ATTEMPTS
+    assert get_purchase(purchase_id).status == "completed"
+    assert balance(fan.id, "wallet") == 80
+    assert_books_balance()
+
+
+def test_unreachable_lovense_is_a_retryable_connection_error():
+    import socket
+
+    from worker.lovense import LovenseClient
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        dead_port = sock.getsockname()[1]
+    lovense_client = LovenseClient(get_settings())
+    lovense_client.base_url = f"http://127.0.0.1:{dead_port}"
+    outcome = lovense_client.send("uid-1", build_command(TEASE_LOW["lovense_activation"]))
+    assert (outcome.ok, outcome.error, outcome.retryable) == (False, "connection_error", True)
+
+
+def test_task_delivered_several_times_sends_one_command(client, factory, fake_lovense):
+    fan = factory.user("fan", tokens=100)
+    item = {**TEASE_LOW, "lovense_activation": {**TEASE_LOW["lovense_activation"], "timing_offset": 0}}
+    model, menu = paired_model_with(client, factory, item)
+    fake_lovense.script("/api/lan/v2/command", default=hang(0.3))  # slow enough for the deliveries to overlap
+    purchase_id = buy(client, factory, fan, menu, menu.created_items[0])  # after_settlement enqueues one
+    # ... and the same task arrives three more times: twice to the worker, once run here.
+    activate_toy.apply_async(args=[str(purchase_id)])
+    activate_toy.apply_async(args=[str(purchase_id)])
+    threading.Thread(target=activations.run, args=(purchase_id,)).start()
+    row = wait_activation(purchase_id)
+    time.sleep(1.0)
+    assert row.status == "sent"
+    assert len(fake_lovense.commands()) == 1
+    assert activation(purchase_id).attempts == 1
+    assert get_purchase(purchase_id).status == "completed"
+
+
+def test_unpaired_model_is_skipped_and_nothing_is_sent(client, factory, fake_lovense):
+    fan = factory.user("fan", tokens=100)
+    model = factory.user("model")
+    menu = factory.menu(model, items=[TEASE_LOW])
+    purchase_id = buy(client, factory, fan, menu, menu.created_items[0])
+    row = wait_activation(purchase_id)
+    assert (row.status, row.last_error, row.attempts) == ("skipped", "unpaired", 0)
+    assert fake_lovense.commands() == []
+    assert get_purchase(purchase_id).status == "completed"
+
+
+def test_item_without_activation_creates_no_record(client, factory, fake_lovense):
+    fan = factory.user("fan", tokens=100)
+    model, menu = paired_model_with(client, factory, {"name": "Kiss", "token_value": 10},
+                                    {**TEASE_LOW, "lovense_activation": {**TEASE_LOW["lovense_activation"],
+                                                                         "enabled": False}})
+    ids = [buy(client, factory, fan, menu, item) for item in menu.created_items]
+    time.sleep(1.0)
+    assert [activation(i) for i in ids] == [None, None]
+    assert fake_lovense.commands() == []
+
+
+def test_kill_switch_skips(factory, fake_lovense, session, monkeypatch, client):
+    fan = factory.user("fan", tokens=100)
+    item = {**TEASE_LOW, "lovense_activation": {**TEASE_LOW["lovense_activation"], "timing_offset": 60_000}}
+    model, menu = paired_model_with(client, factory, item)
+    purchase_id = buy(client, factory, fan, menu, menu.created_items[0])  # the worker's run is a minute away
+    monkeypatch.setenv("LOVENSE_ENABLED", "false")
+    get_settings.cache_clear()
+    try:
+        assert activations.run(purchase_id).status == "skipped"
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()
+    row = activation(purchase_id)
+    assert (row.status, row.last_error) == ("skipped", "disabled")
+    assert fake_lovense.commands() == []
+
+
+def test_pairing_round_trip(client, factory, fake_lovense):
+    model, other = factory.user("model"), factory.user("model")
+    headers = factory.headers(model)
+    assert client.get("/lovense/link", headers=headers).json == {"linked": False, "uid": None, "toys": None,
+                                                                 "linked_at": None}
+    r = client.post("/lovense/qr-code", headers=headers)
+    assert r.status_code == 200, r.json
+    assert r.json == {"qr_url": "https://test2.lovense.com/UploadFiles/qr/20220106/xxx.jpg", "code": "ABCD1234"}
+    [qr_request] = [q for q in fake_lovense.requests if q["path"] == "/api/lan/getQrCode"]
+    sent = qr_request["json"]
+    assert {k: sent[k] for k in ("token", "uid", "uname", "v")} == {
+        "token": TOKEN, "uid": str(model.id), "uname": str(model.id), "v": 2}
+    utoken = sent["utoken"]
+
+    # Lovense calls back with the uid and utoken we gave it (and more we ignore).
+    toys = {"a0b1c2": {"id": "a0b1c2", "name": "lush", "nickName": "", "status": 1}}
+    callback = {"uid": str(model.id), "utoken": utoken, "toys": toys, "appVersion": "6.0.0", "platform": "ios"}
+    assert client.post("/lovense/callback", json=callback).status_code == 200
+    link = client.get("/lovense/link", headers=headers).json
+    assert (link["linked"], link["uid"], link["toys"]) == (True, str(model.id), toys)
+
+    # Forged: a made-up utoken, another model's utoken, a uid that is no model.
+    for forged in ({**callback, "uid": str(other.id), "utoken": "0" * 64},
+                   {**callback, "uid": str(other.id)},
+                   {**callback, "uid": "not-a-model", "utoken": utoken}):
+        r = client.post("/lovense/callback", json=forged)
+        assert r.status_code == 403 and r.json["error"]["code"] == "invalid_utoken"
+        assert utoken not in r.get_data(as_text=True)
+    assert client.get("/lovense/link", headers=factory.headers(other)).json["linked"] is False
+    bad = client.post("/lovense/callback", json={"uid": str(model.id)})
+    assert bad.status_code == 422
+
+    # Only models pair; then the model unlinks.
+    assert client.post("/lovense/qr-code", headers=factory.headers(factory.user("fan"))).status_code == 403
+    r = client.delete("/lovense/link", headers=headers)
+    assert r.status_code == 200 and r.json["linked"] is False
+    assert client.get("/lovense/link", headers=headers).json["linked"] is False
+
+
+def test_qr_code_when_lovense_refuses_is_502(client, factory, fake_lovense):
+    fake_lovense.script("/api/lan/getQrCode", (200, {"result": False, "code": 501, "message": "bad token"}, 0))
+    r = client.post("/lovense/qr-code", headers=factory.headers(factory.user("model")))
+    assert r.status_code == 502 and r.json["error"]["code"] == "lovense_unavailable"
+    assert TOKEN not in r.get_data(as_text=True)
+
+
+# Redis rules (real Redis): one command in flight per model, and the per-model rate cap.
+
+def test_model_lock_admits_one_holder(redis_client):
+    model_id = uuid.uuid4()
+    first = activations.acquire_model_lock(redis_client, model_id, 5)
+    assert first is not None
+    assert activations.acquire_model_lock(redis_client, model_id, 5) is None
+    activations.release_model_lock(redis_client, model_id, "someone-else")
+    assert activations.acquire_model_lock(redis_client, model_id, 5) is None
+    activations.release_model_lock(redis_client, model_id, first)
+    assert activations.acquire_model_lock(redis_client, model_id, 5) is not None
+    assert activations.acquire_model_lock(redis_client, uuid.uuid4(), 5) is not None  # other models are free
+
+
+def test_rate_cap_per_model_and_window(redis_client):
+    model_id = uuid.uuid4()
+    now = 1_000_000.0  # window [999960, 1000020) of 60 s
+    assert [activations.take_rate_slot(redis_client, model_id, 2, 60, now) for _ in range(2)] == [0, 0]
+    assert activations.take_rate_slot(redis_client, model_id, 2, 60, now) == pytest.approx(20.0)
+    assert activations.take_rate_slot(redis_client, uuid.uuid4(), 2, 60, now) == 0
+    assert activations.take_rate_slot(redis_client, model_id, 2, 60, now + 20) == 0  # the next window
+
+
+def test_build_command_ranges_and_backoff():
+    assert build_command(lovense("pump", 1, 1, 0, "steady"))["action"] == "Pump:1"
+    assert build_command(lovense("pump", 20, 1, 0, "steady"))["action"] == "Pump:3"
+    assert build_command(lovense("all", 99, 1, 0, "steady"))["action"] == "Vibrate:20,Rotate:20,Pump:3"
+    assert build_command(lovense("vibrator", -4, 1, 0, "steady"))["action"] == "Vibrate:0"
+    assert build_command({**lovense("vibrator", 5, 1, 0, "steady"), "duration_ms": 1500})["timeSec"] == 2
+    with pytest.raises(ValueError):
+        build_command(lovense("laser", 5, 1, 0, "steady"))
+    settings = get_settings()
+    delays = [activations.backoff(n, settings) for n in (1, 2, 3, 10)]
+    base, cap = settings.lovense_backoff_seconds, settings.lovense_backoff_max_seconds
+    assert base / 2 <= delays[0] <= base and base <= delays[1] <= 2 * base
+    assert cap / 2 <= delays[3] <= cap
+
+
+def test_no_developer_token_or_utoken_in_logs(client, factory, fake_lovense, caplog):
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    fan, model = factory.user("fan", tokens=100), factory.user("model")
+    assert client.post("/lovense/qr-code", headers=factory.headers(model)).status_code == 200
+    utoken = fake_lovense.requests[0]["json"]["utoken"]
+    assert client.post("/lovense/callback", json={"uid": str(model.id), "utoken": utoken}).status_code == 200
+    assert client.post("/lovense/callback", json={"uid": str(model.id), "utoken": utoken[::-1]}).status_code == 403
+    item = {**TEASE_LOW, "lovense_activation": {**TEASE_LOW["lovense_activation"], "timing_offset": 60_000}}
+    menu = factory.menu(model, items=[item])
+    purchase_id = buy(client, factory, fan, menu, menu.created_items[0])  # the worker's run is a minute away
+    fake_lovense.script("/api/lan/v2/command", reply_code(501))
+    assert activations.run(purchase_id).status == "failed"  # here, so this process's logs are captured
+    assert len(fake_lovense.commands()) == 1
+    assert caplog.records
+    assert TOKEN not in caplog.text and utoken not in caplog.text

@@ -1,0 +1,194 @@
+"""Lovense pairing (model), Lovense's pairing callback (no JWT: verified by utoken) and failed activations (admin).
+
+The utoken we give Lovense with a QR request is an HMAC of the model id under LOVENSE_CALLBACK_SECRET; the
+callback is accepted only if it brings that utoken back for the uid it names. Neither the developer token nor a
+utoken is ever logged or returned in an error."""
+from __future__ import annotations
+
+import uuid
+
+from flask_smorest import Blueprint
+from marshmallow import EXCLUDE, Schema, fields, validate
+from sqlalchemy import func, select
+
+from models.audit import audit
+from models.lovense import ACTIVATION_STATUSES, LovenseActivation, LovenseLink, callback_utoken, utoken_valid
+from models.settings import get_settings
+from models.types import utcnow
+from models.users import User
+from worker.activations import reset_for_resend
+from worker.handoff import request_activation
+from worker.lovense import LovenseError, get_client
+
+from .auth import current_user_id, role_required
+from .deps import db
+from .errors import ApiError
+from .schemas import ErrorOut
+
+blp = Blueprint("lovense", __name__, url_prefix="/lovense", description="Lovense toy pairing and activations")
+
+
+class QrCodeOut(Schema):
+    qr_url = fields.String(metadata={"description": "URL of the QR code image the model scans in the Lovense app"})
+    code = fields.String(allow_none=True, metadata={"description": "the pairing code shown with the QR code"})
+
+
+class CallbackIn(Schema):
+    class Meta:
+        unknown = EXCLUDE  # Lovense also sends app and network details we do not keep
+
+    uid = fields.String(required=True, validate=validate.Length(min=1, max=128))
+    utoken = fields.String(required=True, validate=validate.Length(min=1, max=256), load_only=True)
+    toys = fields.Dict(load_default=None, allow_none=True)
+
+
+class LinkOut(Schema):
+    linked = fields.Boolean()
+    uid = fields.String(allow_none=True)
+    toys = fields.Dict(allow_none=True)
+    linked_at = fields.DateTime(allow_none=True)
+
+
+class CallbackOut(Schema):
+    result = fields.Boolean()
+
+
+class ActivationOut(Schema):
+    id = fields.Integer()
+    purchase_id = fields.UUID()
+    model_id = fields.UUID()
+    status = fields.String()
+    attempts = fields.Integer()
+    last_error = fields.String(allow_none=True)
+    created_at = fields.DateTime()
+    updated_at = fields.DateTime()
+    last_attempt_at = fields.DateTime(allow_none=True)
+    sent_at = fields.DateTime(allow_none=True)
+
+
+class ActivationQuery(Schema):
+    status = fields.String(load_default="failed", validate=validate.OneOf(ACTIVATION_STATUSES))
+    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=200))
+    offset = fields.Integer(load_default=0, validate=validate.Range(min=0, max=10_000_000))
+
+
+class ActivationListOut(Schema):
+    activations = fields.List(fields.Nested(ActivationOut))
+    total = fields.Integer()
+    limit = fields.Integer()
+    offset = fields.Integer()
+
+
+def _link_view(link: LovenseLink | None) -> dict:
+    if link is None:
+        return {"linked": False, "uid": None, "toys": None, "linked_at": None}
+    return {"linked": True, "uid": link.uid, "toys": link.toys, "linked_at": link.linked_at}
+
+
+@blp.route("/qr-code", methods=["POST"])
+@role_required("model")
+@blp.response(200, QrCodeOut)
+@blp.alt_response(502, schema=ErrorOut, description="lovense_unavailable: Lovense refused or did not answer")
+@blp.alt_response(503, schema=ErrorOut, description="lovense_disabled: activations are switched off")
+def qr_code():
+    """A QR code the model scans in the Lovense app to pair their toys with this account."""
+    settings = get_settings()
+    if not settings.lovense_enabled or not settings.lovense_developer_token:
+        raise ApiError(503, "lovense_disabled", "Lovense is switched off on this platform")
+    model_id = current_user_id()
+    # uid and uname are our model id: Lovense needs no personal data to pair.
+    utoken = callback_utoken(settings.lovense_callback_secret, model_id)
+    try:
+        qr = get_client().qr_code(str(model_id), str(model_id), utoken)
+    except LovenseError as exc:
+        raise ApiError(502, "lovense_unavailable", f"Lovense did not return a QR code ({exc.code})") from None
+    return {"qr_url": qr["qr"], "code": qr["code"]}
+
+
+@blp.route("/callback", methods=["POST"])
+@blp.doc(security=[])
+@blp.arguments(CallbackIn)
+@blp.response(200, CallbackOut)
+@blp.alt_response(403, schema=ErrorOut, description="invalid_utoken: the callback is not for a pairing we started")
+def callback(body):
+    """Lovense's pairing callback (no JWT): links the model named by uid, if the utoken is the one we issued."""
+    session = db()
+    try:
+        model_id = uuid.UUID(body["uid"])
+    except ValueError:
+        model_id = None
+    secret = get_settings().lovense_callback_secret
+    # Verify before any lookup, so a forged call learns nothing about which ids exist.
+    if model_id is None or not utoken_valid(secret, model_id, body["utoken"]):
+        raise ApiError(403, "invalid_utoken", "The callback could not be verified")
+    model = session.get(User, model_id)
+    if model is None or model.role != "model":
+        raise ApiError(403, "invalid_utoken", "The callback could not be verified")
+    link = session.get(LovenseLink, model_id) or LovenseLink(model_id=model_id)
+    link.uid, link.toys, link.linked_at = body["uid"], body["toys"], utcnow()
+    session.add(link)
+    audit(session, "lovense.linked", model_id)
+    session.commit()
+    return {"result": True}
+
+
+@blp.route("/link", methods=["GET"])
+@role_required("model")
+@blp.response(200, LinkOut)
+def get_link():
+    """Whether the model's Lovense toys are paired, and which."""
+    return _link_view(db().get(LovenseLink, current_user_id()))
+
+
+@blp.route("/link", methods=["DELETE"])
+@role_required("model")
+@blp.response(200, LinkOut)
+def unlink():
+    """Unpair: later activations of this model's purchases are recorded as skipped (unpaired)."""
+    session = db()
+    model_id = current_user_id()
+    link = session.get(LovenseLink, model_id)
+    if link is not None:
+        session.delete(link)
+        audit(session, "lovense.unlinked", model_id, model_id)
+        session.commit()
+    return _link_view(None)
+
+
+@blp.route("/activations", methods=["GET"])
+@role_required("admin")
+@blp.arguments(ActivationQuery, location="query")
+@blp.response(200, ActivationListOut)
+def list_activations(query):
+    """Activations by status (default `failed`), most recently changed first."""
+    session = db()
+    where = LovenseActivation.status == query["status"]
+    total = session.scalar(select(func.count()).select_from(LovenseActivation).where(where))
+    rows = session.scalars(
+        select(LovenseActivation)
+        .where(where)
+        .order_by(LovenseActivation.updated_at.desc(), LovenseActivation.id)
+        .limit(query["limit"])
+        .offset(query["offset"])
+    ).all()
+    return {"activations": rows, "total": total, "limit": query["limit"], "offset": query["offset"]}
+
+
+@blp.route("/activations/<uuid:purchase_id>/resend", methods=["POST"])
+@role_required("admin")
+@blp.response(202, ActivationOut)
+@blp.alt_response(404, schema=ErrorOut, description="not_found: no activation for this purchase")
+@blp.alt_response(409, schema=ErrorOut, description="conflict: the activation is not failed or skipped")
+def resend(purchase_id):
+    """Send a failed (or skipped) activation again, with a fresh attempt count."""
+    session = db()
+    try:
+        row = reset_for_resend(session, purchase_id)
+    except ValueError as exc:
+        raise ApiError(409, "conflict", f"The activation is {exc}; only failed or skipped ones are re-sent") from None
+    if row is None:
+        raise ApiError(404, "not_found", "No activation for this purchase")
+    audit(session, "lovense.resend", purchase_id, current_user_id())
+    session.commit()
+    request_activation(purchase_id)
+    return row

@@ -1,0 +1,141 @@
+"""The Lovense Standard API client, server mode (DESIGN 5), on one `requests.Session` with timeouts.
+
+`build_command` turns an item's lovense_activation snapshot into the command body (without token and uid);
+`LovenseClient.send` posts it and classifies the outcome; `LovenseClient.qr_code` asks for a pairing QR code.
+
+How an activation becomes a command:
+- pattern `steady` and `custom`: `Function` with actions from device_type and intensity. `custom` has no
+  shape Lovense could be told about, so the toy runs the item's actions steadily for the whole duration
+  (the closest thing to what was bought; a fan-driven custom pattern would be a separate feature).
+- pattern `pulse` and `wave`: `Preset` with that name (a preset has Lovense's own strength curve, so the
+  intensity is not sent).
+- device_type `vibrator` -> `Vibrate:N`; `pump` -> `Pump:M`; `all` -> `Vibrate:N,Rotate:N,Pump:M`, where N is
+  the intensity clamped to 0..20 and M = ceil(N * 3 / 20) (0..3: any positive intensity moves the pump).
+- timeSec = duration_ms rounded up to whole seconds, at least 1.
+
+The developer token travels only in the request body; nothing here logs a body, a token or a utoken.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import requests
+
+from models.lovense import DEVICE_TYPES, PATTERNS
+from models.settings import get_settings
+
+COMMAND_PATH = "/api/lan/v2/command"
+QR_PATH = "/api/lan/getQrCode"
+MAX_STRENGTH = {"Vibrate": 20, "Rotate": 20, "Pump": 3}
+PRESETS = ("pulse", "wave")
+# Reply codes (HTTP 200) that no retry can fix: invalid command, invalid parameter, invalid token,
+# no permission, invalid user id. 507 (the model's Lovense app is offline) is worth retrying.
+RETRYABLE_CODES = {507}
+
+
+class InvalidActivation(ValueError):
+    pass
+
+
+def _clamp(value: int, action: str) -> int:
+    return max(0, min(MAX_STRENGTH[action], value))
+
+
+def build_command(spec: dict) -> dict:
+    """The command body for a lovense_activation snapshot (token and uid are added by the client)."""
+    device, pattern = spec.get("device_type"), spec.get("pattern") or "steady"
+    intensity, duration_ms = spec.get("intensity"), spec.get("duration_ms")
+    if device not in DEVICE_TYPES or pattern not in PATTERNS:
+        raise InvalidActivation("unknown device_type or pattern")
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (intensity, duration_ms)) or duration_ms <= 0:
+        raise InvalidActivation("intensity and duration_ms must be integers, duration_ms > 0")
+    time_sec = max(1, math.ceil(duration_ms / 1000))
+    if pattern in PRESETS:
+        return {"command": "Preset", "name": pattern, "timeSec": time_sec, "apiVer": 1}
+    strength = _clamp(intensity, "Vibrate")
+    pump = _clamp(math.ceil(strength * MAX_STRENGTH["Pump"] / MAX_STRENGTH["Vibrate"]), "Pump")
+    actions = {
+        "vibrator": [f"Vibrate:{strength}"],
+        "pump": [f"Pump:{pump}"],
+        "all": [f"Vibrate:{strength}", f"Rotate:{strength}", f"Pump:{pump}"],
+    }[device]
+    return {"command": "Function", "action": ",".join(actions), "timeSec": time_sec, "apiVer": 1}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    ok: bool
+    error: str | None = None  # a stable code: timeout, connection_error, http_503, lovense_501, bad_reply
+    retryable: bool = False
+
+
+class LovenseError(Exception):
+    """A pairing request (QR code) that did not succeed; `code` is an Outcome error code."""
+
+    def __init__(self, code: str):
+        super().__init__(code)
+        self.code = code
+
+
+class LovenseClient:
+    def __init__(self, settings):
+        self.base_url = settings.lovense_api_url
+        self.token = settings.lovense_developer_token
+        self.timeout = (settings.lovense_connect_timeout, settings.lovense_read_timeout)
+        self.session = requests.Session()
+
+    def __repr__(self):  # never show the token
+        return f"LovenseClient({self.base_url!r})"
+
+    def _post(self, path: str, body: dict) -> tuple[Outcome, dict | None]:
+        try:
+            response = self.session.post(self.base_url + path, json={"token": self.token, **body},
+                                         timeout=self.timeout)
+        except requests.Timeout:
+            return Outcome(False, "timeout", True), None
+        except requests.ConnectionError:
+            return Outcome(False, "connection_error", True), None
+        except requests.RequestException:
+            return Outcome(False, "request_error", False), None
+        if response.status_code >= 500:
+            return Outcome(False, f"http_{response.status_code}", True), None
+        if response.status_code != 200:
+            return Outcome(False, f"http_{response.status_code}", False), None
+        try:
+            reply = response.json()
+        except ValueError:
+            return Outcome(False, "bad_reply", False), None
+        if not isinstance(reply, dict):
+            return Outcome(False, "bad_reply", False), None
+        return Outcome(True), reply
+
+    def send(self, uid: str, command: dict) -> Outcome:
+        """Post one command to the model's toys; the outcome says whether it worked and if a retry may help."""
+        outcome, reply = self._post(COMMAND_PATH, {"uid": uid, **command})
+        if reply is None:
+            return outcome
+        code = reply.get("code")
+        if code == 200:
+            return Outcome(True)
+        return Outcome(False, f"lovense_{code}"[:40], code in RETRYABLE_CODES)
+
+    def qr_code(self, uid: str, uname: str, utoken: str) -> dict:
+        """Ask Lovense for a pairing QR code: {"qr": image URL, "code": pairing code}."""
+        outcome, reply = self._post(QR_PATH, {"uid": uid, "uname": uname, "utoken": utoken, "v": 2})
+        if reply is None:
+            raise LovenseError(outcome.error)
+        data = reply.get("data") if isinstance(reply.get("data"), dict) else {}
+        if reply.get("result") is not True or not data.get("qr"):
+            raise LovenseError(f"lovense_{reply.get('code')}"[:40])
+        return {"qr": data["qr"], "code": data.get("code")}
+
+
+@lru_cache(maxsize=1)
+def _client_for(settings) -> LovenseClient:
+    return LovenseClient(settings)
+
+
+def get_client() -> LovenseClient:
+    return _client_for(get_settings())
