@@ -19,11 +19,16 @@ install: $(STAMP)
 # Without: the embedded default (SQLite file, tasks run inline), one process on http://127.0.0.1:8000.
 run: install
 	$(FLASK) db-upgrade
+	@mkdir -p instance
 	@if [ -n "$$DATABASE_URL" ] && [ -n "$$REDIS_URL" ]; then \
+		export PATH="$(abspath $(BIN)):$$PATH"; \
+		export PROMETHEUS_MULTIPROC_DIR="$${PROMETHEUS_MULTIPROC_DIR:-$(abspath instance/prometheus)}"; \
+		mkdir -p "$$PROMETHEUS_MULTIPROC_DIR" && find "$$PROMETHEUS_MULTIPROC_DIR" -maxdepth 1 -name '*.db' -delete; \
+		echo "full process set (web, worker, beat, flower); metrics in $$PROMETHEUS_MULTIPROC_DIR"; \
 		exec $(BIN)/honcho start; \
 	else \
 		echo "embedded mode: SQLite at instance/perfmenu.db, no Redis, tasks run inline"; \
-		exec $(BIN)/gunicorn --bind 127.0.0.1:$${WEB_PORT:-8000} --workers 1 --threads 8 web.wsgi:app; \
+		exec $(BIN)/gunicorn -c python:web.gunicorn_conf --workers 1 --threads 8 web.wsgi:app; \
 	fi
 
 # Tests run on real PostgreSQL and Redis (TEST_DATABASE_URL, TEST_REDIS_URL, TEST_BROKER_URL override the

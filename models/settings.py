@@ -29,6 +29,24 @@ def _number(env, name, default, cast=int):
         raise ConfigError(f"{name} must be a {cast.__name__}") from exc
 
 
+def _positive(env, name, default):
+    value = _number(env, name, default)
+    if value <= 0:
+        raise ConfigError(f"{name} must be a positive integer")
+    return value
+
+
+def _rate(env, name, default):
+    raw = (env.get(name) or default).strip()
+    from limits import parse_many  # Flask-Limiter's notation
+
+    try:
+        parse_many(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must look like '10 per minute' (several separated by ';')") from exc
+    return raw
+
+
 def _bool(env, name, default):
     raw = env.get(name)
     if raw in (None, ""):
@@ -62,6 +80,17 @@ class Settings:
     lovense_backoff_max_seconds: float = 60.0
     lovense_rate_limit: int = 20  # commands per model per window
     lovense_rate_window_seconds: int = 60
+    # Flask-Limiter rate limits ("N per second|minute|hour|day", several separated by ";").
+    login_rate_limit: str = "10 per minute"
+    purchase_rate_limit: str = "30 per minute"
+    # Celery beat intervals, in seconds.
+    pending_sweep_interval_seconds: int = 15
+    escrow_sweep_interval_seconds: int = 60
+    queue_reconcile_interval_seconds: int = 300
+    # If set, GET /metrics requires `Authorization: Bearer <METRICS_TOKEN>`.
+    metrics_token: str = field(default="", repr=False)
+    log_level: str = "INFO"
+    trusted_proxies: int = 0  # reverse proxies in front of gunicorn whose X-Forwarded-For is trusted
 
     @property
     def embedded(self) -> bool:
@@ -118,6 +147,14 @@ class Settings:
             lovense_backoff_max_seconds=_number(env, "LOVENSE_BACKOFF_MAX_SECONDS", 60.0, float),
             lovense_rate_limit=max(1, _number(env, "LOVENSE_RATE_LIMIT", 20)),
             lovense_rate_window_seconds=max(1, _number(env, "LOVENSE_RATE_WINDOW_SECONDS", 60)),
+            login_rate_limit=_rate(env, "RATE_LIMIT_LOGIN", "10 per minute"),
+            purchase_rate_limit=_rate(env, "RATE_LIMIT_PURCHASE", "30 per minute"),
+            pending_sweep_interval_seconds=_positive(env, "PENDING_SWEEP_INTERVAL_SECONDS", 15),
+            escrow_sweep_interval_seconds=_positive(env, "ESCROW_SWEEP_INTERVAL_SECONDS", 60),
+            queue_reconcile_interval_seconds=_positive(env, "QUEUE_RECONCILE_INTERVAL_SECONDS", 300),
+            metrics_token=env.get("METRICS_TOKEN") or "",
+            log_level=(env.get("LOG_LEVEL") or "INFO").upper(),
+            trusted_proxies=_number(env, "TRUSTED_PROXIES", 0),
         )
 
 

@@ -4,10 +4,13 @@ Defaults can be overridden with TEST_DATABASE_URL, TEST_REDIS_URL and TEST_BROKE
 its own Redis database so that cleaning application keys between tests never drops the worker's queues)."""
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -43,7 +46,15 @@ os.environ.update(
     JWT_SECRET_KEY="test-secret-key-that-is-long-enough-for-hs256",
     PURCHASE_WAIT_SECONDS=os.environ.get("PURCHASE_WAIT_SECONDS", "5"),
     LOVENSE_ENABLED=os.environ.get("LOVENSE_ENABLED", "true"),
+    # Tests log in and buy far more often than a client may; the rate-limit tests set their own limits.
+    RATE_LIMIT_LOGIN=os.environ.get("RATE_LIMIT_LOGIN", "100000 per minute"),
+    RATE_LIMIT_PURCHASE=os.environ.get("RATE_LIMIT_PURCHASE", "100000 per minute"),
 )
+# prometheus_client multiprocess mode, as in production: the test process and the Celery worker processes it
+# starts write their metrics to one directory, and GET /metrics adds them up. Set before prometheus_client loads.
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="perfmenu-test-metrics-")
+    atexit.register(shutil.rmtree, os.environ["PROMETHEUS_MULTIPROC_DIR"], True)
 sys.path.insert(0, ROOT)
 
 import redis  # noqa: E402

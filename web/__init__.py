@@ -5,19 +5,31 @@ from datetime import timedelta
 
 from flask import Flask
 from flask_smorest import Api
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from models.settings import Settings, get_settings
 
-from . import admin, auth, lovense, menu_manage, menus, purchases, queue, wallet
+from . import admin, auth, lovense, menu_manage, menus, ops, purchases, queue, wallet
 from .cli import register_cli
 from .deps import close_db
 from .errors import register_error_handlers
+from .limits import init_limiter
+from .schemas import ErrorOut
+
+
+class PerfmenuApi(Api):
+    # flask-smorest's automatic responses (422 of @arguments, "default") document our error envelope.
+    ERROR_SCHEMA = ErrorOut
 
 
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or get_settings()
     app = Flask(__name__)
+    if settings.trusted_proxies:
+        # Behind N reverse proxies: take the client address (for the login rate limit) from X-Forwarded-For.
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies, x_proto=settings.trusted_proxies)
     app.config.update(
+        PERFMENU_SETTINGS=settings,
         JWT_SECRET_KEY=settings.jwt_secret_key,
         JWT_ACCESS_TOKEN_EXPIRES=timedelta(minutes=settings.access_token_minutes),
         JWT_REFRESH_TOKEN_EXPIRES=timedelta(days=settings.refresh_token_days),
@@ -34,17 +46,15 @@ def create_app(settings: Settings | None = None) -> Flask:
             "security": [{"bearerAuth": []}],
         },
     )
+    ops.init_request_hooks(app)  # first, so the request id is known to everything after it
     auth.init_jwt(app)
-    api = Api(app)
-    for blueprint in (auth.blp, menus.blp, menu_manage.blp, purchases.blp, queue.blp, wallet.blp, admin.blp,
-                      lovense.blp):
+    init_limiter(app, settings)
+    api = PerfmenuApi(app)
+    blueprints = (ops.blp, auth.blp, menus.blp, menu_manage.blp, purchases.blp, queue.blp, wallet.blp, admin.blp,
+                  lovense.blp)
+    for blueprint in blueprints:
         api.register_blueprint(blueprint)
     register_error_handlers(app)  # after Api(), so our envelope replaces flask-smorest's
     app.teardown_appcontext(close_db)
     register_cli(app)
-
-    @app.get("/healthz")
-    def healthz():
-        return {"status": "ok"}
-
     return app

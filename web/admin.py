@@ -19,13 +19,17 @@ from worker.tasks import after_queue_change
 
 from .auth import current_user_id, role_required
 from .deps import db
+from .docs import error
 from .errors import ApiError
-from .purchases import purchase_view
-from .schemas import ErrorOut, Int, PurchaseOut
+from .purchases import PURCHASE_EXAMPLE, purchase_view
+from .schemas import Int, PurchaseOut
 
 blp = Blueprint("admin", __name__, url_prefix="/admin", description="Operator actions (admin role)")
 
 MAX_TOP_UP = 10_000_000
+FAN_ID = "3f1c2b9e-8d7a-4c55-9a41-0c7e2d6b1a90"
+MODEL_ID = "7e6d5c4b-3a29-4181-9f0e-1d2c3b4a5f6e"
+TOP_UP_EXAMPLE = {"entry_id": 42, "fan_id": FAN_ID, "amount": 500, "token_balance": 950, "replayed": False}
 
 
 class UserIn(Schema):
@@ -107,9 +111,10 @@ def _user(session, user_id, role: str) -> User:
 
 @blp.route("/users", methods=["POST"])
 @role_required("admin")
-@blp.arguments(UserIn)
-@blp.response(201, UserOut)
-@blp.alt_response(409, schema=ErrorOut, description="username_taken")
+@blp.arguments(UserIn, example={"username": "fan1", "password": "a-long-password", "role": "fan"})
+@blp.response(201, UserOut, example={"id": FAN_ID, "username": "fan1", "role": "fan", "display_name": None,
+                                    "is_active": True})
+@error(409, description="username_taken")
 def create_user_endpoint(body):
     """Create a fan, model or admin with the accounts the role needs."""
     session = db()
@@ -141,11 +146,12 @@ def _replayed_top_up(session, key: str, fan_id, amount: int) -> dict | None:
 
 @blp.route("/users/<uuid:fan_id>/top-up", methods=["POST"])
 @role_required("admin")
-@blp.arguments(TopUpIn)
-@blp.response(201, TopUpOut)
-@blp.alt_response(200, schema=TopUpOut, description="The same key again: the first top-up, nothing added")
-@blp.alt_response(404, schema=ErrorOut, description="not_found: no such fan")
-@blp.alt_response(422, schema=ErrorOut, description="invalid_request, idempotency_key_required, idempotency_mismatch")
+@blp.arguments(TopUpIn, example={"amount": 500, "idempotency_key": "topup-2024-06-01-fan1"})
+@blp.response(201, TopUpOut, example=TOP_UP_EXAMPLE)
+@blp.alt_response(200, schema=TopUpOut, description="The same key again: the first top-up, nothing added",
+                  example={**TOP_UP_EXAMPLE, "replayed": True})
+@error(404, description="not_found: no such fan")
+@error(422, description="invalid_request, idempotency_key_required, idempotency_mismatch")
 def top_up_endpoint(body, fan_id):
     """Issue tokens to a fan's wallet (a ledgered top_up). An idempotency key is required (the
     `Idempotency-Key` header or `idempotency_key`): the same key tops up once."""
@@ -175,10 +181,11 @@ def top_up_endpoint(body, fan_id):
 
 @blp.route("/subscriptions/<uuid:fan_id>/<uuid:model_id>", methods=["PUT"])
 @role_required("admin")
-@blp.arguments(SubscriptionIn)
-@blp.response(200, SubscriptionOut)
-@blp.alt_response(404, schema=ErrorOut, description="not_found: no such fan or model")
-@blp.alt_response(422, schema=ErrorOut, description="invalid_request")
+@blp.arguments(SubscriptionIn, example={"days": 30})
+@blp.response(200, SubscriptionOut, example={"id": "c0ffee00-1234-4abc-8def-001122334455", "fan_id": FAN_ID,
+                                             "model_id": MODEL_ID, "expires_at": "2024-07-01T00:00:00+00:00"})
+@error(404, description="not_found: no such fan or model")
+@error(422, description="invalid_request")
 def grant_subscription(body, fan_id, model_id):
     """Grant (or extend, or shorten) a fan's subscription to a model: `days` from now, or `expires_at`."""
     session = db()
@@ -206,7 +213,7 @@ def grant_subscription(body, fan_id, model_id):
 @blp.route("/subscriptions/<uuid:fan_id>/<uuid:model_id>", methods=["DELETE"])
 @role_required("admin")
 @blp.response(204)
-@blp.alt_response(404, schema=ErrorOut, description="not_found: no such subscription")
+@error(404, description="not_found: no such subscription")
 def revoke_subscription(fan_id, model_id):
     """Revoke a fan's subscription to a model at once."""
     session = db()
@@ -222,10 +229,11 @@ def revoke_subscription(fan_id, model_id):
 
 @blp.route("/purchases/<uuid:purchase_id>/refund", methods=["POST"])
 @role_required("admin")
-@blp.arguments(RefundIn)
-@blp.response(200, PurchaseOut)
-@blp.alt_response(404, schema=ErrorOut, description="not_found")
-@blp.alt_response(409, schema=ErrorOut, description="not_refundable: only queued or in_progress purchases")
+@blp.arguments(RefundIn, example={"reason": "admin_refund"})
+@blp.response(200, PurchaseOut, example={**PURCHASE_EXAMPLE, "transaction_type": "queued", "status": "refunded",
+                                         "refund_reason": "admin_refund"})
+@error(404, description="not_found")
+@error(409, description="not_refundable: only queued or in_progress purchases")
 def refund_purchase(body, purchase_id):
     """Refund a queued or in-progress purchase: its escrow goes back to the fan. A completed, failed, pending
     or already refunded purchase cannot be refunded here (409 not_refundable)."""
@@ -247,7 +255,8 @@ def refund_purchase(body, purchase_id):
 @blp.route("/purchases", methods=["GET"])
 @role_required("admin")
 @blp.arguments(PurchaseListQuery, location="query")
-@blp.response(200, PurchaseListOut)
+@blp.response(200, PurchaseListOut, example={"purchases": [{**PURCHASE_EXAMPLE, "status": "pending"}], "total": 1,
+                                             "limit": 50, "offset": 0})
 def list_purchases(query):
     """Purchases by status and age, oldest first: `status=pending&older_than_seconds=60` lists stuck ones."""
     session = db()
@@ -267,7 +276,7 @@ def list_purchases(query):
 
 @blp.route("/books", methods=["GET"])
 @role_required("admin")
-@blp.response(200, BooksOut)
+@blp.response(200, BooksOut, example={"balanced": True, "differences": []})
 def books_check():
     """Recompute every balance from the ledger: each account against its ledger rows, and each currency's
     balances against what was issued. `balanced` is false and `differences` lists them on any mismatch."""

@@ -20,7 +20,9 @@ from sqlalchemy import select
 from models.users import User, dummy_password_check
 
 from .deps import db
+from .docs import error, public, rate_limited
 from .errors import ApiError, error_response
+from .limits import limiter, login_limit
 
 blp = Blueprint("auth", __name__, url_prefix="/auth", description="Log in and refresh tokens")
 jwt = JWTManager()
@@ -50,11 +52,21 @@ def tokens_for(user: User) -> dict:
     }
 
 
+TOKEN_EXAMPLE = {"access_token": "eyJhbGciOiJIUzI1NiIs...", "refresh_token": "eyJhbGciOiJIUzI1NiIs...",
+                 "token_type": "Bearer", "user_id": "3f1c2b9e-8d7a-4c55-9a41-0c7e2d6b1a90", "role": "fan"}
+
+
 @blp.route("/login", methods=["POST"])
-@blp.arguments(LoginRequest)
-@blp.response(200, TokenPair)
+@public
+@limiter.limit(login_limit)
+@blp.arguments(LoginRequest, example={"username": "fan1", "password": "pw"})
+@blp.response(200, TokenPair, example=TOKEN_EXAMPLE)
+@error(401, "invalid_credentials", "Wrong username or password")
+@rate_limited
 def login(body):
-    """Exchange a username and password for an access and a refresh token."""
+    """Exchange a username and password for an access and a refresh token.
+
+    Rate limited per client address (RATE_LIMIT_LOGIN)."""
     user = db().scalar(select(User).where(User.username == body["username"]))
     if user is None:
         dummy_password_check()
@@ -65,9 +77,11 @@ def login(body):
 
 @blp.route("/refresh", methods=["POST"])
 @jwt_required(refresh=True)
-@blp.response(200, TokenPair)
+@blp.response(200, TokenPair, example={k: v for k, v in TOKEN_EXAMPLE.items() if k != "refresh_token"})
+@error(401, "unauthorized", "A bearer token is required",
+       description="unauthorized, invalid_token, token_expired: send the refresh token as the bearer token")
 def refresh():
-    """A new access token for a valid refresh token."""
+    """A new access token for a valid refresh token (sent as `Authorization: Bearer <refresh token>`)."""
     user = db().get(User, uuid.UUID(get_jwt_identity()))
     if user is None or not user.is_active:
         raise ApiError(401, "unauthorized", "The account is not active")
@@ -84,7 +98,7 @@ def current_role() -> str:
 
 
 def role_required(*roles: str):
-    """Require a valid access token, and one of `roles` if any are given."""
+    """Require a valid access token, and one of `roles` if any are given (documented as 401 and 403)."""
 
     def decorator(view):
         @wraps(view)
@@ -94,6 +108,11 @@ def role_required(*roles: str):
                 raise ApiError(403, "forbidden", "Your role may not do this")
             return view(*args, **kwargs)
 
+        wrapper = error(401, "unauthorized", "A bearer token is required",
+                        description="unauthorized, invalid_token, token_expired: no valid access token")(wrapper)
+        if roles:
+            wrapper = error(403, "forbidden", "Your role may not do this",
+                            description=f"forbidden: only {', '.join(roles)} may do this")(wrapper)
         return wrapper
 
     return decorator

@@ -22,8 +22,16 @@ from worker.lovense import LovenseError, get_client
 
 from .auth import current_user_id, role_required
 from .deps import db
+from .docs import error, public
 from .errors import ApiError
-from .schemas import ErrorOut
+
+MODEL_ID = "7e6d5c4b-3a29-4181-9f0e-1d2c3b4a5f6e"
+LINK_EXAMPLE = {"linked": True, "uid": MODEL_ID, "toys": {"a1b2c3": {"name": "lush", "status": "1"}},
+                "linked_at": "2024-06-01T12:00:00+00:00"}
+ACTIVATION_EXAMPLE = {"id": 7, "purchase_id": "0b6f3c8e-2a51-4d0e-9f7a-5c1d2e3f4a5b", "model_id": MODEL_ID,
+                      "status": "failed", "attempts": 5, "last_error": "timeout",
+                      "created_at": "2024-06-01T12:00:00+00:00", "updated_at": "2024-06-01T12:02:00+00:00",
+                      "last_attempt_at": "2024-06-01T12:02:00+00:00", "sent_at": None}
 
 blp = Blueprint("lovense", __name__, url_prefix="/lovense", description="Lovense toy pairing and activations")
 
@@ -87,9 +95,9 @@ def _link_view(link: LovenseLink | None) -> dict:
 
 @blp.route("/qr-code", methods=["POST"])
 @role_required("model")
-@blp.response(200, QrCodeOut)
-@blp.alt_response(502, schema=ErrorOut, description="lovense_unavailable: Lovense refused or did not answer")
-@blp.alt_response(503, schema=ErrorOut, description="lovense_disabled: activations are switched off")
+@blp.response(200, QrCodeOut, example={"qr_url": "https://api.lovense-api.com/qr/abc123.png", "code": "AB12CD"})
+@error(502, description="lovense_unavailable: Lovense refused or did not answer")
+@error(503, description="lovense_disabled: activations are switched off")
 def qr_code():
     """A QR code the model scans in the Lovense app to pair their toys with this account."""
     settings = get_settings()
@@ -106,10 +114,11 @@ def qr_code():
 
 
 @blp.route("/callback", methods=["POST"])
-@blp.doc(security=[])
-@blp.arguments(CallbackIn)
-@blp.response(200, CallbackOut)
-@blp.alt_response(403, schema=ErrorOut, description="invalid_utoken: the callback is not for a pairing we started")
+@public
+@blp.arguments(CallbackIn, example={"uid": MODEL_ID, "utoken": "<the utoken we issued>",
+                                    "toys": LINK_EXAMPLE["toys"]})
+@blp.response(200, CallbackOut, example={"result": True})
+@error(403, description="invalid_utoken: the callback is not for a pairing we started")
 def callback(body):
     """Lovense's pairing callback (no JWT): links the model named by uid, if the utoken is the one we issued."""
     session = db()
@@ -134,7 +143,7 @@ def callback(body):
 
 @blp.route("/link", methods=["GET"])
 @role_required("model")
-@blp.response(200, LinkOut)
+@blp.response(200, LinkOut, example=LINK_EXAMPLE)
 def get_link():
     """Whether the model's Lovense toys are paired, and which."""
     return _link_view(db().get(LovenseLink, current_user_id()))
@@ -142,7 +151,7 @@ def get_link():
 
 @blp.route("/link", methods=["DELETE"])
 @role_required("model")
-@blp.response(200, LinkOut)
+@blp.response(200, LinkOut, example=LINK_EXAMPLE)
 def unlink():
     """Unpair: later activations of this model's purchases are recorded as skipped (unpaired)."""
     session = db()
@@ -158,7 +167,8 @@ def unlink():
 @blp.route("/activations", methods=["GET"])
 @role_required("admin")
 @blp.arguments(ActivationQuery, location="query")
-@blp.response(200, ActivationListOut)
+@blp.response(200, ActivationListOut, example={"activations": [ACTIVATION_EXAMPLE], "total": 1, "limit": 50,
+                                               "offset": 0})
 def list_activations(query):
     """Activations by status (default `failed`), most recently changed first."""
     session = db()
@@ -176,9 +186,10 @@ def list_activations(query):
 
 @blp.route("/activations/<uuid:purchase_id>/resend", methods=["POST"])
 @role_required("admin")
-@blp.response(202, ActivationOut)
-@blp.alt_response(404, schema=ErrorOut, description="not_found: no activation for this purchase")
-@blp.alt_response(409, schema=ErrorOut, description="conflict: the activation is not failed or skipped")
+@blp.response(202, ActivationOut, example={**ACTIVATION_EXAMPLE, "status": "pending", "attempts": 0,
+                                           "last_error": None})
+@error(404, description="not_found: no activation for this purchase")
+@error(409, description="conflict: the activation is not failed or skipped")
 def resend(purchase_id):
     """Send a failed (or skipped) activation again, with a fresh attempt count."""
     session = db()

@@ -15,9 +15,10 @@ from models.users import User
 
 from .auth import current_user_id, role_required
 from .deps import db
+from .docs import error
 from .errors import ApiError
-from .menus import menu_view
-from .schemas import ErrorOut, ItemOrderIn, MenuFieldsIn, MenuIn, MenuItemIn, MenuItemOut, MenuOut, WhitelistOut
+from .menus import MENU_EXAMPLE, menu_view
+from .schemas import ItemOrderIn, MenuFieldsIn, MenuIn, MenuItemIn, MenuItemOut, MenuOut, WhitelistOut
 
 blp = Blueprint("menu_manage", __name__, url_prefix="/menu", description="A model's management of their own menus")
 
@@ -34,6 +35,14 @@ class MenuItemPatchIn(MenuItemIn):
 # Partial at the top level only: a lovense_activation sent in a PATCH is still checked whole.
 MenuPatch = MenuPatchIn(partial=tuple(MenuFieldsIn._declared_fields))
 ItemPatch = MenuItemPatchIn(partial=tuple(MenuItemIn._declared_fields))
+ITEM_EXAMPLE = {**MENU_EXAMPLE["items"][0], "menu_id": MENU_EXAMPLE["id"], "description": "30 seconds",
+                "display_order": 0, "max_daily_purchases": None, "estimated_duration_minutes": 1,
+                "lovense_activation": None}
+ITEM_IN_EXAMPLE = {"name": "Dance", "token_value": 50, "bonus_loyalty_points": 30, "category": "performance"}
+MENU_IN_EXAMPLE = {"name": "Quick Fun Menu", "queue_mode": "OFF", "visibility": "public",
+                   "theme": {"primary_color": "#FF6B9D", "secondary_color": "#C44569", "card_style": "modern"},
+                   "items": [ITEM_IN_EXAMPLE]}
+WHITELIST_EXAMPLE = {"menu_id": MENU_EXAMPLE["id"], "fan_ids": ["3f1c2b9e-8d7a-4c55-9a41-0c7e2d6b1a90"]}
 _NOT_OWNER = "404 not_found: no such menu or item, or not the caller's"
 _INVALID = "invalid_request (fields named under `fields`), menu_limit_reached, item_limit_reached"
 
@@ -71,9 +80,9 @@ def _commit_menu(session, menu: Menu, action: str) -> dict:
 
 @blp.route("", methods=["POST"])
 @role_required("model")
-@blp.arguments(MenuIn)
-@blp.response(201, MenuOut)
-@blp.alt_response(422, schema=ErrorOut, description=_INVALID)
+@blp.arguments(MenuIn, example=MENU_IN_EXAMPLE)
+@blp.response(201, MenuOut, example=MENU_EXAMPLE)
+@error(422, description=_INVALID)
 def create(body):
     """Create a menu (with its items, if given). At most 8 menus per model and 50 items per menu."""
     session = db()
@@ -87,10 +96,10 @@ def create(body):
 
 @blp.route("/<uuid:menu_id>", methods=["PATCH"])
 @role_required("model")
-@blp.arguments(MenuPatch)
-@blp.response(200, MenuOut)
-@blp.alt_response(404, schema=ErrorOut, description=_NOT_OWNER)
-@blp.alt_response(422, schema=ErrorOut, description=_INVALID)
+@blp.arguments(MenuPatch, example={"name": "Quick Fun Menu", "queue_mode": "ON"})
+@blp.response(200, MenuOut, example=MENU_EXAMPLE)
+@error(404, description=_NOT_OWNER)
+@error(422, description=_INVALID)
 def update(body, menu_id):
     """Change any of a menu's fields: name, description, queue mode, visibility, queue order, theme, delivery
     default, display order, on/off."""
@@ -110,8 +119,8 @@ def _switch_menu(menu_id, active: bool) -> dict:
 
 @blp.route("/<uuid:menu_id>/activate", methods=["POST"])
 @role_required("model")
-@blp.response(200, MenuOut)
-@blp.alt_response(404, schema=ErrorOut, description=_NOT_OWNER)
+@blp.response(200, MenuOut, example=MENU_EXAMPLE)
+@error(404, description=_NOT_OWNER)
 def activate(menu_id):
     """Switch a menu on: fans may see it (by its visibility) and buy from it."""
     return _switch_menu(menu_id, True)
@@ -119,8 +128,8 @@ def activate(menu_id):
 
 @blp.route("/<uuid:menu_id>/deactivate", methods=["POST"])
 @role_required("model")
-@blp.response(200, MenuOut)
-@blp.alt_response(404, schema=ErrorOut, description=_NOT_OWNER)
+@blp.response(200, MenuOut, example=MENU_EXAMPLE)
+@error(404, description=_NOT_OWNER)
 def deactivate(menu_id):
     """Switch a menu off: hidden from fans, nothing on it can be bought. Purchases already made go on."""
     return _switch_menu(menu_id, False)
@@ -128,9 +137,9 @@ def deactivate(menu_id):
 
 @blp.route("/<uuid:menu_id>/duplicate", methods=["POST"])
 @role_required("model")
-@blp.response(201, MenuOut)
-@blp.alt_response(404, schema=ErrorOut, description=_NOT_OWNER)
-@blp.alt_response(422, schema=ErrorOut, description="menu_limit_reached")
+@blp.response(201, MenuOut, example=MENU_EXAMPLE)
+@error(404, description=_NOT_OWNER)
+@error(422, description="menu_limit_reached")
 def duplicate(menu_id):
     """Copy a menu with its items and whitelist. The copy starts switched off, named "<name> (copy)"."""
     session = db()
@@ -144,10 +153,10 @@ def duplicate(menu_id):
 
 @blp.route("/<uuid:menu_id>/items", methods=["POST"])
 @role_required("model")
-@blp.arguments(MenuItemIn)
-@blp.response(201, MenuItemOut)
-@blp.alt_response(404, schema=ErrorOut, description=_NOT_OWNER)
-@blp.alt_response(422, schema=ErrorOut, description=_INVALID)
+@blp.arguments(MenuItemIn, example=ITEM_IN_EXAMPLE)
+@blp.response(201, MenuItemOut, example=ITEM_EXAMPLE)
+@error(404, description=_NOT_OWNER)
+@error(422, description=_INVALID)
 def create_item(body, menu_id):
     """Add an item (at the end unless `display_order` is given). At most 50 items per menu."""
     session = db()
@@ -163,10 +172,10 @@ def create_item(body, menu_id):
 
 @blp.route("/<uuid:menu_id>/items/<uuid:item_id>", methods=["PATCH"])
 @role_required("model")
-@blp.arguments(ItemPatch)
-@blp.response(200, MenuItemOut)
-@blp.alt_response(404, schema=ErrorOut, description=_NOT_OWNER)
-@blp.alt_response(422, schema=ErrorOut, description=_INVALID)
+@blp.arguments(ItemPatch, example={"token_value": 60, "max_daily_purchases": 5})
+@blp.response(200, MenuItemOut, example=ITEM_EXAMPLE)
+@error(404, description=_NOT_OWNER)
+@error(422, description=_INVALID)
 def update_item(body, menu_id, item_id):
     """Change any of an item's fields. A new price or points apply to later purchases only."""
     session = db()
@@ -189,8 +198,8 @@ def _switch_item(menu_id, item_id, active: bool):
 
 @blp.route("/<uuid:menu_id>/items/<uuid:item_id>/activate", methods=["POST"])
 @role_required("model")
-@blp.response(200, MenuItemOut)
-@blp.alt_response(404, schema=ErrorOut, description=_NOT_OWNER)
+@blp.response(200, MenuItemOut, example=ITEM_EXAMPLE)
+@error(404, description=_NOT_OWNER)
 def activate_item(menu_id, item_id):
     """Switch an item on."""
     return _switch_item(menu_id, item_id, True)
@@ -198,8 +207,8 @@ def activate_item(menu_id, item_id):
 
 @blp.route("/<uuid:menu_id>/items/<uuid:item_id>/deactivate", methods=["POST"])
 @role_required("model")
-@blp.response(200, MenuItemOut)
-@blp.alt_response(404, schema=ErrorOut, description=_NOT_OWNER)
+@blp.response(200, MenuItemOut, example=ITEM_EXAMPLE)
+@error(404, description=_NOT_OWNER)
 def deactivate_item(menu_id, item_id):
     """Switch an item off: fans no longer see or buy it; purchases already made go on."""
     return _switch_item(menu_id, item_id, False)
@@ -207,10 +216,10 @@ def deactivate_item(menu_id, item_id):
 
 @blp.route("/<uuid:menu_id>/items/order", methods=["PUT"])
 @role_required("model")
-@blp.arguments(ItemOrderIn)
-@blp.response(200, MenuOut)
-@blp.alt_response(404, schema=ErrorOut, description=_NOT_OWNER)
-@blp.alt_response(422, schema=ErrorOut, description="invalid_request: item_ids is not every item of the menu once")
+@blp.arguments(ItemOrderIn, example={"item_ids": [ITEM_EXAMPLE["id"]]})
+@blp.response(200, MenuOut, example=MENU_EXAMPLE)
+@error(404, description=_NOT_OWNER)
+@error(422, description="invalid_request: item_ids is not every item of the menu once")
 def reorder_items(body, menu_id):
     """Set the order of a menu's items: `item_ids` lists every item of the menu (on or off) exactly once."""
     session = db()
@@ -235,8 +244,8 @@ def _whitelist(session, menu: Menu) -> dict:
 
 @blp.route("/<uuid:menu_id>/whitelist", methods=["GET"])
 @role_required("model")
-@blp.response(200, WhitelistOut)
-@blp.alt_response(404, schema=ErrorOut, description=_NOT_OWNER)
+@blp.response(200, WhitelistOut, example=WHITELIST_EXAMPLE)
+@error(404, description=_NOT_OWNER)
 def get_whitelist(menu_id):
     """The fans invited to a private menu."""
     session = db()
@@ -245,8 +254,8 @@ def get_whitelist(menu_id):
 
 @blp.route("/<uuid:menu_id>/whitelist/<uuid:fan_id>", methods=["PUT"])
 @role_required("model")
-@blp.response(200, WhitelistOut)
-@blp.alt_response(404, schema=ErrorOut, description=_NOT_OWNER + "; no such fan")
+@blp.response(200, WhitelistOut, example=WHITELIST_EXAMPLE)
+@error(404, description=_NOT_OWNER + "; no such fan")
 def add_to_whitelist(menu_id, fan_id):
     """Invite a fan to a private menu (adding a fan twice changes nothing)."""
     session = db()
@@ -263,8 +272,8 @@ def add_to_whitelist(menu_id, fan_id):
 
 @blp.route("/<uuid:menu_id>/whitelist/<uuid:fan_id>", methods=["DELETE"])
 @role_required("model")
-@blp.response(200, WhitelistOut)
-@blp.alt_response(404, schema=ErrorOut, description=_NOT_OWNER)
+@blp.response(200, WhitelistOut, example=WHITELIST_EXAMPLE)
+@error(404, description=_NOT_OWNER)
 def remove_from_whitelist(menu_id, fan_id):
     """Take a fan off a private menu's whitelist (removing an absent fan changes nothing)."""
     session = db()

@@ -12,6 +12,7 @@ from models.types import utcnow
 
 from .auth import current_role, current_user_id, role_required
 from .deps import db
+from .docs import error
 from .errors import ApiError
 from .schemas import MenuOut, ModelMenusOut
 
@@ -35,9 +36,20 @@ def load_visible_menu(session, menu_id: uuid.UUID) -> Menu:
     return menu
 
 
+MENU_EXAMPLE = {
+    "id": "5d2f8a47-1c3b-4e6a-8f90-7b1c2d3e4f5a", "model_id": "7e6d5c4b-3a29-4181-9f0e-1d2c3b4a5f6e",
+    "name": "Quick Fun Menu", "queue_mode": "OFF", "visibility": "public", "is_active": True,
+    "items": [{"id": "9a8b7c6d-5e4f-4a3b-2c1d-0e9f8a7b6c5d", "name": "Dance", "token_value": 50,
+               "bonus_loyalty_points": 30, "category": "performance", "is_active": True}],
+}
+
+
 @blp.route("/<uuid:menu_id>", methods=["GET"])
 @role_required()
-@blp.response(200, MenuOut)
+@blp.response(200, MenuOut, example=MENU_EXAMPLE)
+@error(403, "forbidden", "This menu is for subscribers or invited fans only",
+       description="forbidden: subscribers-only or private menu")
+@error(404, "not_found", "No such menu")
 def get_menu(menu_id):
     """One menu with its items."""
     session = db()
@@ -47,7 +59,7 @@ def get_menu(menu_id):
 
 @blp.route("/model/<uuid:model_id>", methods=["GET"])
 @role_required()
-@blp.response(200, ModelMenusOut)
+@blp.response(200, ModelMenusOut, example={"model_id": MENU_EXAMPLE["model_id"], "menus": [MENU_EXAMPLE]})
 def get_model_menus(model_id):
     """A model's menus that the caller may see, in display order (hidden menus are left out)."""
     session = db()

@@ -13,16 +13,18 @@ from models.menus import MenuItem
 from models.purchases import Purchase, daily_count, purchase_day_of
 from models.settings import get_settings
 from models.types import utcnow
-from worker import queue
+from worker import metrics, queue
 from worker.handoff import request_settlement
 from worker.settlement import open_queue_size
 from worker.verdicts import wait_for_verdict
 
 from .auth import current_role, current_user_id, role_required
 from .deps import db
+from .docs import error, rate_limited
 from .errors import ApiError
+from .limits import fan_key, limiter, purchase_limit
 from .menus import load_visible_menu
-from .schemas import ErrorOut, HistoryOut, HistoryQuery, PurchaseOut, PurchaseRequest
+from .schemas import HistoryOut, HistoryQuery, PurchaseOut, PurchaseRequest
 
 blp = Blueprint("purchases", __name__, url_prefix="/menu/purchase", description="Buying menu items")
 
@@ -74,6 +76,19 @@ def refuse(reason: str, **extra):
     raise ApiError(REFUSAL_STATUS[reason], reason, REFUSAL_MESSAGE[reason], **extra)
 
 
+def refuse_at_intake(reason: str):
+    metrics.PURCHASES.labels(outcome="refused", reason=reason).inc()
+    refuse(reason)
+
+
+PURCHASE_EXAMPLE = {
+    "success": True, "purchase_id": "0b6f3c8e-2a51-4d0e-9f7a-5c1d2e3f4a5b", "transaction_type": "immediate",
+    "status": "completed", "token_value": 50, "loyalty_points_awarded": 30, "queue_position": None,
+    "estimated_wait_minutes": None, "item_name": "Dance",
+    "status_url": "/menu/purchase/0b6f3c8e-2a51-4d0e-9f7a-5c1d2e3f4a5b/status",
+}
+
+
 def _settled_response(session, purchase: Purchase):
     """Wait briefly for the worker's verdict, then answer with the purchase as it stands."""
     if purchase.status == "pending":
@@ -95,16 +110,24 @@ def _replay(session, purchase: Purchase, body):
 
 @blp.route("", methods=["POST"])
 @role_required("fan")
-@blp.arguments(PurchaseRequest)
-@blp.response(200, PurchaseOut)
-@blp.alt_response(202, schema=PurchaseOut, description="Accepted; not settled yet: poll status_url")
-@blp.alt_response(402, schema=ErrorOut, description="insufficient_balance")
-@blp.alt_response(409, schema=ErrorOut, description="queue_full, item_unavailable")
-@blp.alt_response(422, schema=ErrorOut, description="daily_limit_reached, idempotency_mismatch, invalid_request")
+@limiter.limit(purchase_limit, key_func=fan_key)
+@blp.arguments(PurchaseRequest, example={"menu_id": "5d2f8a47-1c3b-4e6a-8f90-7b1c2d3e4f5a",
+                                         "item_id": "9a8b7c6d-5e4f-4a3b-2c1d-0e9f8a7b6c5d",
+                                         "idempotency_key": "tip-2024-06-01-001"})
+@blp.response(200, PurchaseOut, example=PURCHASE_EXAMPLE)
+@blp.alt_response(202, schema=PurchaseOut, description="Accepted; not settled yet: poll status_url",
+                  example={**PURCHASE_EXAMPLE, "status": "pending", "loyalty_points_awarded": 0}, success=True)
+@error(402, "insufficient_balance", REFUSAL_MESSAGE["insufficient_balance"], description="insufficient_balance")
+@error(404, "not_found", "No such item on this menu", description="not_found: no such menu or item")
+@error(409, "queue_full", REFUSAL_MESSAGE["queue_full"], description="queue_full, item_unavailable")
+@error(422, "daily_limit_reached", REFUSAL_MESSAGE["daily_limit_reached"],
+       description="daily_limit_reached, idempotency_mismatch, invalid_request")
+@rate_limited
 def create_purchase(body):
     """Buy a menu item. The price comes from the server; any client-sent price is ignored.
 
-    Send an `Idempotency-Key` header (or `idempotency_key` in the body) to make retries safe."""
+    Send an `Idempotency-Key` header (or `idempotency_key` in the body) to make retries safe.
+    Rate limited per fan (RATE_LIMIT_PURCHASE)."""
     session = db()
     settings = get_settings()
     fan_id = current_user_id()
@@ -121,18 +144,18 @@ def create_purchase(body):
     if item is None or item.menu_id != menu.id:
         raise ApiError(404, "not_found", "No such item on this menu")
     if not (item.is_active and menu.is_active):
-        refuse("item_unavailable")
+        refuse_at_intake("item_unavailable")
 
     now = utcnow()
     day = purchase_day_of(now, settings.tz)
     balance = session.scalar(select(Account.balance).where(Account.owner_id == fan_id, Account.kind == "wallet"))
     if balance is None or balance < item.token_value:
-        refuse("insufficient_balance")
+        refuse_at_intake("insufficient_balance")
     if item.max_daily_purchases is not None and daily_count(session, fan_id, item.id, day) >= item.max_daily_purchases:
-        refuse("daily_limit_reached")
+        refuse_at_intake("daily_limit_reached")
     queued = menu.queue_mode == "ON"
     if queued and open_queue_size(session, menu.model_id) >= settings.queue_capacity:
-        refuse("queue_full")
+        refuse_at_intake("queue_full")
 
     purchase = Purchase(
         fan_id=fan_id,
@@ -168,7 +191,7 @@ def create_purchase(body):
 @blp.route("/history", methods=["GET"])
 @role_required()
 @blp.arguments(HistoryQuery, location="query")
-@blp.response(200, HistoryOut)
+@blp.response(200, HistoryOut, example={"purchases": [PURCHASE_EXAMPLE], "total": 1, "limit": 20, "offset": 0})
 def purchase_history(query):
     """The caller's purchases, newest first (a model sees purchases of their items)."""
     session = db()
@@ -185,7 +208,8 @@ def purchase_history(query):
 
 @blp.route("/<uuid:purchase_id>/status", methods=["GET"])
 @role_required()
-@blp.response(200, PurchaseOut)
+@blp.response(200, PurchaseOut, example=PURCHASE_EXAMPLE)
+@error(404, "not_found", "No such purchase")
 def purchase_status(purchase_id):
     """One purchase: its fan, its model or an admin may look."""
     purchase = db().get(Purchase, purchase_id)

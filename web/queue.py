@@ -15,9 +15,10 @@ from worker.tasks import after_queue_change
 
 from .auth import current_user_id, role_required
 from .deps import db
+from .docs import error
 from .errors import ApiError
-from .purchases import purchase_view
-from .schemas import ErrorOut, PurchaseOut
+from .purchases import PURCHASE_EXAMPLE, purchase_view
+from .schemas import PurchaseOut
 
 blp = Blueprint("queue", __name__, url_prefix="/queue", description="The model's performance queue (Queue ON)")
 
@@ -52,9 +53,21 @@ class RejectRequest(Schema):
     reason = fields.String(required=True, validate=validate.OneOf(REJECT_REASONS))
 
 
+QUEUED_EXAMPLE = {**PURCHASE_EXAMPLE, "transaction_type": "queued", "item_name": "Custom Photo", "token_value": 200}
+QUEUE_EXAMPLE = {
+    "model_id": "7e6d5c4b-3a29-4181-9f0e-1d2c3b4a5f6e", "total": 1, "total_minutes": 15,
+    "entries": [{"position": 1, "purchase_id": PURCHASE_EXAMPLE["purchase_id"], "status": "queued",
+                 "item_id": "9a8b7c6d-5e4f-4a3b-2c1d-0e9f8a7b6c5d", "item_name": "Custom Photo",
+                 "fan_id": "3f1c2b9e-8d7a-4c55-9a41-0c7e2d6b1a90", "token_value": 200,
+                 "estimated_duration_minutes": 15, "estimated_wait_minutes": 0,
+                 "waiting_since": "2024-06-01T12:00:00+00:00", "started_at": None,
+                 "escrow_deadline": "2024-06-02T12:00:00+00:00"}],
+}
+
+
 @blp.route("", methods=["GET"])
 @role_required("model")
-@blp.response(200, QueueOut)
+@blp.response(200, QueueOut, example=QUEUE_EXAMPLE)
 def my_queue():
     """The caller's queue in order: the entry in progress first, then by priority, first come first served."""
     model_id = current_user_id()
@@ -104,13 +117,15 @@ def _act(purchase_id, owner: str, action):
 
 
 _CONFLICTS = "invalid_state (the entry is not in a state that allows this)"
+_CONFLICT_EXAMPLE = "The entry is completed; it cannot become in_progress"
 
 
 @blp.route("/<uuid:purchase_id>/start", methods=["POST"])
 @role_required("model")
-@blp.response(200, PurchaseOut)
-@blp.alt_response(404, schema=ErrorOut, description="not_found (not an entry of the caller's queue)")
-@blp.alt_response(409, schema=ErrorOut, description=f"{_CONFLICTS}, already_in_progress")
+@blp.response(200, PurchaseOut, example={**QUEUED_EXAMPLE, "status": "in_progress"})
+@error(404, "not_found", "No such queue entry", description="not_found (not an entry of the caller's queue)")
+@error(409, "invalid_state", _CONFLICT_EXAMPLE,
+       description=f"{_CONFLICTS}, already_in_progress")
 def start_entry(purchase_id):
     """Start performing a queued entry (one entry in progress at a time)."""
     return _act(purchase_id, "model_id", lambda s, p, actor: escrow.start(s, p, actor_id=actor))
@@ -118,9 +133,10 @@ def start_entry(purchase_id):
 
 @blp.route("/<uuid:purchase_id>/complete", methods=["POST"])
 @role_required("model")
-@blp.response(200, PurchaseOut)
-@blp.alt_response(404, schema=ErrorOut, description="not_found (not an entry of the caller's queue)")
-@blp.alt_response(409, schema=ErrorOut, description=_CONFLICTS)
+@blp.response(200, PurchaseOut, example={**QUEUED_EXAMPLE, "status": "completed"})
+@error(404, "not_found", "No such queue entry", description="not_found (not an entry of the caller's queue)")
+@error(409, "invalid_state", _CONFLICT_EXAMPLE,
+       description=_CONFLICTS)
 def complete_entry(purchase_id):
     """Complete the entry in progress: the escrow goes to the model's earnings, loyalty points to the fan."""
     return _act(purchase_id, "model_id", lambda s, p, actor: escrow.release(s, p, actor_id=actor))
@@ -128,10 +144,11 @@ def complete_entry(purchase_id):
 
 @blp.route("/<uuid:purchase_id>/reject", methods=["POST"])
 @role_required("model")
-@blp.arguments(RejectRequest)
-@blp.response(200, PurchaseOut)
-@blp.alt_response(404, schema=ErrorOut, description="not_found (not an entry of the caller's queue)")
-@blp.alt_response(409, schema=ErrorOut, description=_CONFLICTS)
+@blp.arguments(RejectRequest, example={"reason": "cannot_deliver"})
+@blp.response(200, PurchaseOut, example={**QUEUED_EXAMPLE, "status": "refunded", "refund_reason": "cannot_deliver"})
+@error(404, "not_found", "No such queue entry", description="not_found (not an entry of the caller's queue)")
+@error(409, "invalid_state", _CONFLICT_EXAMPLE,
+       description=_CONFLICTS)
 def reject_entry(body, purchase_id):
     """Reject a queued or in-progress entry: the escrow goes back to the fan; `reason` becomes refund_reason."""
     return _act(purchase_id, "model_id", lambda s, p, actor: escrow.refund(s, p, body["reason"], actor_id=actor))
@@ -147,9 +164,10 @@ def _cancel(session, purchase, actor_id):
 
 @blp.route("/<uuid:purchase_id>/cancel", methods=["POST"])
 @role_required("fan")
-@blp.response(200, PurchaseOut)
-@blp.alt_response(404, schema=ErrorOut, description="not_found (not one of the caller's queue entries)")
-@blp.alt_response(409, schema=ErrorOut, description=f"{_CONFLICTS}, already_started")
+@blp.response(200, PurchaseOut, example={**QUEUED_EXAMPLE, "status": "refunded", "refund_reason": "cancelled_by_fan"})
+@error(404, "not_found", "No such queue entry", description="not_found (not one of the caller's queue entries)")
+@error(409, "invalid_state", _CONFLICT_EXAMPLE,
+       description=f"{_CONFLICTS}, already_started")
 def cancel_entry(purchase_id):
     """Cancel one of the caller's entries that the model has not started: the tokens come back."""
     return _act(purchase_id, "fan_id", _cancel)

@@ -21,7 +21,8 @@ _FIELD_FOR_KIND = {
 
 @blp.route("", methods=["GET"])
 @role_required()
-@blp.response(200, WalletOut)
+@blp.response(200, WalletOut, example={"user_id": "3f1c2b9e-8d7a-4c55-9a41-0c7e2d6b1a90", "role": "fan",
+                                       "token_balance": 450, "loyalty_points": 30})
 def get_wallet():
     """The caller's balances: a fan's tokens and loyalty points, a model's earnings and escrow."""
     user_id = current_user_id()

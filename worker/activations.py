@@ -32,6 +32,7 @@ from models.settings import get_settings
 from models.types import utcnow
 
 from .lovense import InvalidActivation, build_command, get_client
+from .metrics import LOVENSE_ATTEMPTS
 from .redis_client import get_redis
 
 log = logging.getLogger(__name__)
@@ -197,12 +198,15 @@ def run(purchase_id, claim: str | None = None) -> Next:
         release_model_lock(redis, model_id, lock)
 
     if outcome.ok:
+        LOVENSE_ATTEMPTS.labels(result="sent").inc()
         return _finish(purchase_id, token, "sent", attempted=True)
     attempt = attempts + 1
     if outcome.retryable and attempt < settings.lovense_max_attempts:
+        LOVENSE_ATTEMPTS.labels(result="retry").inc()
         log.info("lovense attempt failed, retrying",
                  extra={"purchase_id": str(purchase_id), "error": outcome.error, "attempt": attempt})
         return _again(purchase_id, token, backoff(attempt, settings), lease, outcome.error)
+    LOVENSE_ATTEMPTS.labels(result="failed").inc()
     return _finish(purchase_id, token, "failed", outcome.error, attempted=True)
 
 

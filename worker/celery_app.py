@@ -3,10 +3,12 @@ idempotent, so a redelivered task changes nothing twice. Tasks receive ids, neve
 from __future__ import annotations
 
 from celery import Celery
-from celery.signals import worker_process_init
+from celery.signals import setup_logging, worker_process_init
 
 from models.db import get_engine
 from models.settings import get_settings
+
+from .logs import configure_logging
 
 celery = Celery("perfmenu", include=["worker.tasks"])
 
@@ -29,10 +31,32 @@ def configure(app: Celery, settings) -> None:
         task_send_sent_event=True,
         timezone="UTC",
         enable_utc=True,
+        beat_schedule=beat_schedule(settings),
     )
 
 
+def beat_schedule(settings) -> dict:
+    """DESIGN 6. Run exactly one beat process. Tasks are scheduled by name. There is no daily-limit reset job:
+    daily limits are counted in the database per calendar day (Purchase.purchase_day), so nothing resets."""
+    jobs = {
+        "sweep-pending": ("perfmenu.sweep_pending", settings.pending_sweep_interval_seconds),
+        "sweep-escrow-deadlines": ("perfmenu.sweep_escrow_deadlines", settings.escrow_sweep_interval_seconds),
+        "reconcile-queues": ("perfmenu.reconcile_queues", settings.queue_reconcile_interval_seconds),
+    }
+    # A run not picked up before the next one is due expires: a stopped worker does not come back to a pile.
+    return {
+        name: {"task": task, "schedule": float(every), "options": {"expires": float(every)}}
+        for name, (task, every) in jobs.items()
+    }
+
+
 configure(celery, get_settings())
+
+
+@setup_logging.connect
+def _json_logs(loglevel=None, **_kwargs):
+    # Connecting this signal stops Celery from installing its own handlers: worker, beat and flower log JSON.
+    configure_logging(loglevel or get_settings().log_level)
 
 
 @worker_process_init.connect

@@ -19,6 +19,7 @@ from models.types import utcnow
 
 from . import activations, escrow, queue
 from .handoff import request_activation
+from .metrics import count_settled
 from .settlement import settle_pending
 from .verdicts import publish_verdicts
 
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 
 def after_settlement(purchases) -> None:
     """Side effects that follow a committed settlement; none of them can undo it."""
+    count_settled(purchases)
     queue.sync(purchases)  # before the verdict, so the waiting request finds its queue position
     publish_verdicts(purchases)
     # Queue OFF: the toy runs timing_offset ms after settlement (Queue ON: when the model starts the entry).

@@ -1,0 +1,31 @@
+"""gunicorn settings (`gunicorn -c python:web.gunicorn_conf web.wsgi:app`); command-line flags still win.
+
+WEB_CONCURRENCY (worker processes), WEB_THREADS, WEB_BIND and WEB_PORT come from the environment."""
+import os
+
+bind = f"{os.environ.get('WEB_BIND', '127.0.0.1')}:{os.environ.get('WEB_PORT', '8000')}"
+workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+threads = int(os.environ.get("WEB_THREADS", "4"))
+worker_class = "gthread"
+accesslog = None  # the app logs one JSON line per request, with its request id
+logconfig_dict = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"json": {"()": "worker.logs.JsonFormatter"}},
+    "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}},
+    "root": {"level": os.environ.get("LOG_LEVEL", "INFO").upper(), "handlers": ["stderr"]},
+    "loggers": {
+        "gunicorn.error": {"level": "INFO", "handlers": [], "propagate": True},
+        "gunicorn.access": {"level": "INFO", "handlers": [], "propagate": True},
+    },
+}
+
+
+def child_exit(_server, worker):
+    # prometheus_client multiprocess mode: forget a dead worker's live gauges.
+    from worker.metrics import mark_process_dead
+
+    mark_process_dead(worker.pid)
+
+# gunicorn >= 24 opens a control socket in $HOME by default; several gunicorns on one host would share it.
+control_socket_disable = True

@@ -1,0 +1,175 @@
+"""Operations: /healthz, /readyz, /metrics, and the per-request hooks (request id, metrics, access log)."""
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+
+import redis
+from flask import Response, current_app, g, request
+from flask_smorest import Blueprint
+from marshmallow import Schema, fields
+from prometheus_client.core import GaugeMetricFamily
+from sqlalchemy import func, select, text
+
+from models.db import engine_for, new_session
+from models.purchases import OPEN_QUEUE_STATUSES, Purchase
+from worker import metrics
+from worker.logs import request_id_var
+
+from .docs import error, public
+from .errors import error_response
+
+log = logging.getLogger(__name__)
+access_log = logging.getLogger("perfmenu.access")
+blp = Blueprint("ops", __name__, description="Health, readiness and metrics (no token needed)")
+
+CHECK_TIMEOUT_SECONDS = 2
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+
+
+class HealthOut(Schema):
+    status = fields.String(required=True, metadata={"example": "ok"})
+
+
+class ReadyOut(Schema):
+    status = fields.String(required=True, metadata={"example": "ready"})
+    checks = fields.Dict(keys=fields.String(), values=fields.String(),
+                         metadata={"example": {"database": "ok", "redis": "ok", "broker": "ok"}})
+
+
+@blp.route("/healthz", methods=["GET"])
+@public
+@blp.response(200, HealthOut, example={"status": "ok"})
+def healthz():
+    """The process is up (no dependency is checked)."""
+    return {"status": "ok"}
+
+
+@blp.route("/readyz", methods=["GET"])
+@public
+@blp.response(200, ReadyOut, example={"status": "ready", "checks": {"database": "ok", "redis": "ok", "broker": "ok"}})
+@error(503, "not_ready", "Not ready: redis", description="not_ready: the message names what is down; `checks` "
+       "has each dependency's state")
+def readyz():
+    """The database, Redis and the Celery broker are reachable."""
+    checks = readiness(current_app.config["PERFMENU_SETTINGS"])
+    down = [name for name, state in checks.items() if state not in ("ok", "embedded")]
+    if down:
+        return error_response(503, "not_ready", "Not ready: " + ", ".join(down), checks=checks)
+    return {"status": "ready", "checks": checks}
+
+
+@blp.route("/metrics", methods=["GET"])
+@public
+@blp.response(200, description="Prometheus text exposition (all web and worker processes of this machine)",
+              content_type="text/plain")
+@error(401, "unauthorized", "A bearer token is required", description="unauthorized: METRICS_TOKEN is set and "
+       "the request did not send it")
+def prometheus_metrics():
+    """Prometheus metrics. Open unless METRICS_TOKEN is set; then send `Authorization: Bearer <METRICS_TOKEN>`."""
+    token = current_app.config["PERFMENU_SETTINGS"].metrics_token
+    if token and request.headers.get("Authorization") != f"Bearer {token}":
+        return error_response(401, "unauthorized", "A bearer token is required")
+    body, content_type = metrics.exposition([QueueDepthCollector()])
+    return Response(body, content_type=content_type)
+
+
+def readiness(settings) -> dict[str, str]:
+    checks = {"database": _check(lambda: _ping_database(settings.database_url))}
+    checks["redis"] = "embedded" if settings.redis_url is None else _check(lambda: _ping_redis(settings.redis_url))
+    broker = settings.broker_url
+    if broker is None or broker.startswith("memory://"):
+        checks["broker"] = "embedded"
+    elif broker.startswith(("redis://", "rediss://", "unix://")):
+        checks["broker"] = _check(lambda: _ping_redis(broker))
+    else:
+        checks["broker"] = _check(lambda: _ping_kombu(broker))
+    return checks
+
+
+def _check(probe) -> str:
+    try:
+        probe()
+        return "ok"
+    except Exception as exc:
+        # The type only: an exception's text may hold a URL with a password.
+        log.warning("readiness check failed", extra={"error_type": type(exc).__name__})
+        return "down"
+
+
+def _ping_database(url: str) -> None:
+    with engine_for(url).connect() as conn:
+        conn.execute(text("SELECT 1"))
+
+
+def _ping_redis(url: str) -> None:
+    client = redis.Redis.from_url(url, socket_timeout=CHECK_TIMEOUT_SECONDS,
+                                  socket_connect_timeout=CHECK_TIMEOUT_SECONDS)
+    try:
+        client.ping()
+    finally:
+        client.close()
+
+
+def _ping_kombu(url: str) -> None:
+    from kombu import Connection
+
+    with Connection(url, connect_timeout=CHECK_TIMEOUT_SECONDS) as conn:
+        conn.ensure_connection(max_retries=1)
+
+
+class QueueDepthCollector:
+    """perfmenu_queue_depth{model_id}: open queue entries (queued or in progress) per model, from the database
+    at scrape time, so it is exact whichever process changed the queue."""
+
+    def collect(self):
+        gauge = GaugeMetricFamily("perfmenu_queue_depth", "Open queue entries per model", labels=["model_id"])
+        session = new_session()
+        try:
+            rows = session.execute(
+                select(Purchase.model_id, func.count())
+                .where(Purchase.status.in_(OPEN_QUEUE_STATUSES))
+                .group_by(Purchase.model_id)
+            ).all()
+        except Exception as exc:  # the database is down: the rest of the scrape still answers
+            log.warning("queue depth not collected", extra={"error_type": type(exc).__name__})
+            return
+        finally:
+            session.close()
+        for model_id, depth in rows:
+            gauge.add_metric([str(model_id)], depth)
+        yield gauge
+
+
+def init_request_hooks(app) -> None:
+    """Request id (accepted from X-Request-ID or generated, echoed back), HTTP metrics and one access log line
+    per request (endpoint and status, never the query string or body)."""
+
+    @app.before_request
+    def _start():
+        incoming = request.headers.get("X-Request-ID", "")
+        g.request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        g.request_id_token = request_id_var.set(g.request_id)
+        g.request_started = time.perf_counter()
+
+    @app.after_request
+    def _finish(response):
+        request_id = g.get("request_id")
+        if request_id is None:  # a failure before _start ran
+            return response
+        response.headers["X-Request-ID"] = request_id
+        endpoint = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        elapsed = time.perf_counter() - g.request_started
+        metrics.HTTP_REQUESTS.labels(endpoint=endpoint, method=request.method, status=str(response.status_code)).inc()
+        metrics.HTTP_LATENCY.labels(endpoint=endpoint).observe(elapsed)
+        access_log.info("request", extra={"method": request.method, "endpoint": endpoint,
+                                   "status": response.status_code, "duration_ms": round(elapsed * 1000, 1)})
+        return response
+
+    @app.teardown_request
+    def _forget(_exc=None):
+        token = g.pop("request_id_token", None)
+        if token is not None:
+            request_id_var.reset(token)
