@@ -373,3 +373,21 @@ def test_beat_pending_sweep_settles_a_lost_purchase_and_leaves_settled_ones_alon
     assert balance(model.id, "earnings") == 60
     assert balance(fan.id, "loyalty") == 6
     assert_books_balance()
+
+
+@pytest.mark.usefixtures("celery_worker")
+def test_metrics_count_lovense_attempts_by_result(client, factory, fake_lovense):
+    from fake_lovense import http_status
+    from test_lovense import TEASE_LOW, paired_model_with, wait_activation
+
+    fan = factory.user("fan", tokens=100)
+    _model, menu = paired_model_with(client, factory, TEASE_LOW)
+    fake_lovense.script("/api/lan/v2/command", http_status(503))  # then the fake's default: success
+    before = scrape(client)
+    purchase_id = buy(client, factory.headers(fan), menu, menu.created_items[0]).json["purchase_id"]
+    assert wait_activation(uuid.UUID(purchase_id)).status == "sent"
+    after = scrape(client)
+    assert value(after, "perfmenu_lovense_attempts_total", result="retry") - \
+        value(before, "perfmenu_lovense_attempts_total", result="retry") == 1
+    assert value(after, "perfmenu_lovense_attempts_total", result="sent") - \
+        value(before, "perfmenu_lovense_attempts_total", result="sent") == 1
