@@ -1,0 +1,494 @@
+"""`make bench`: ceilings and our figures in one run, on the real process set, loopback only.
+
+Starts gunicorn (the Procfile's `web` line) and Celery workers (the Procfile's `worker` line) on PostgreSQL
+(database perfmenu_bench, dropped and created here) and Redis (two databases of its own, flushed here), drives
+them with bench/loadgen.py in a separate process, prints one table and writes bench/last.json.
+
+Settings: BENCH_DATABASE_URL, BENCH_REDIS_URL, BENCH_BROKER_URL, BENCH_PORT, BENCH_SECONDS (per load phase),
+BENCH_CONNECTIONS (closed-loop clients), BENCH_RATE (offered purchases/s of the latency phase).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PY = sys.executable
+DATABASE_URL = os.environ.get("BENCH_DATABASE_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/perfmenu_bench")
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
+BROKER_URL = os.environ.get("BENCH_BROKER_URL", "redis://127.0.0.1:6379/12")
+PORT = int(os.environ.get("BENCH_PORT", "18089"))
+SECONDS = float(os.environ.get("BENCH_SECONDS", "8"))
+CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "32"))
+RATE = float(os.environ.get("BENCH_RATE", "100"))
+FANS = 200
+QUEUE_ENTRIES = 10_000
+NOOP_TASKS = 2000
+WORKER_CONCURRENCY = int(os.environ.get("WORKER_CONCURRENCY", "2"))
+
+ENV = dict(
+    os.environ,
+    PYTHONPATH=ROOT,
+    DATABASE_URL=DATABASE_URL,
+    REDIS_URL=REDIS_URL,
+    CELERY_BROKER_URL=BROKER_URL,
+    JWT_SECRET_KEY="bench-only-secret-" + "x" * 32,
+    JWT_ACCESS_MINUTES="30",
+    QUEUE_CAPACITY=str(10 * QUEUE_ENTRIES),  # the queue-ON intake phase must not stop at the default 50
+    LOVENSE_ENABLED="false",
+    WEB_PORT=str(PORT),
+    WEB_BIND="127.0.0.1",
+    WORKER_CONCURRENCY=str(WORKER_CONCURRENCY),
+)
+os.environ.update({k: ENV[k] for k in ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "JWT_SECRET_KEY",
+                                        "QUEUE_CAPACITY", "LOVENSE_ENABLED", "JWT_ACCESS_MINUTES")})
+sys.path.insert(0, ROOT)
+
+import redis  # noqa: E402
+from sqlalchemy import create_engine, func, select, text  # noqa: E402
+from sqlalchemy.engine import make_url  # noqa: E402
+
+LOGS = tempfile.mkdtemp(prefix="perfmenu-bench-")
+
+
+def log(msg):
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# ---------------------------------------------------------------- processes
+
+def procfile_line(name: str) -> str:
+    with open(os.path.join(ROOT, "Procfile")) as f:
+        for line in f:
+            if line.startswith(name + ":"):
+                return line.split(":", 1)[1].strip()
+    raise SystemExit(f"no {name} line in the Procfile")
+
+
+def bin_path(cmd: str) -> str:
+    """Run the Procfile's commands with this interpreter's venv."""
+    first, rest = cmd.split(" ", 1)
+    return os.path.join(os.path.dirname(PY), first) + " " + rest
+
+
+class Proc:
+    def __init__(self, name, command, **env):
+        self.name = name
+        self.out = open(os.path.join(LOGS, f"{name}.log"), "ab")
+        self.proc = subprocess.Popen(["bash", "-c", "exec " + command], cwd=ROOT, env={**ENV, **env},
+                                     stdout=self.out, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def rss_mb(self) -> float:
+        """Resident memory of the process and its children (gunicorn workers, the Celery pool)."""
+        pids = [self.proc.pid] + children(self.proc.pid)
+        total = 0
+        for pid in pids:
+            try:
+                with open(f"/proc/{pid}/status") as f:
+                    for line in f:
+                        if line.startswith("VmRSS:"):
+                            total += int(line.split()[1])
+            except FileNotFoundError:
+                pass
+        return round(total / 1024, 1)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.out.close()
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (FileNotFoundError, ProcessLookupError, IndexError):
+                continue
+            if ppid == pid:
+                found += [int(entry)] + children(int(entry))
+    return found
+
+
+def start_web(app_module: str | None = None, **env) -> Proc:
+    cmd = bin_path(procfile_line("web"))
+    if app_module:
+        cmd = cmd.replace("web.wsgi:app", app_module)
+    proc = Proc("web" if not app_module else "echo", cmd, **env)
+    try:
+        return _wait_ready(proc, "/healthz" if not app_module else "/")
+    except BaseException:
+        proc.stop()
+        raise
+
+
+def _wait_ready(proc: Proc, path: str) -> Proc:
+    import urllib.request
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{PORT}{path}", timeout=1).read()
+            return proc
+        except Exception:
+            if proc.proc.poll() is not None:
+                raise SystemExit(f"gunicorn exited; see {LOGS}")
+            time.sleep(0.2)
+    raise SystemExit(f"gunicorn did not answer; see {LOGS}")
+
+
+def start_worker(app, name: str) -> Proc:
+    cmd = bin_path(procfile_line("worker"))
+    if app.main != "perfmenu":
+        cmd = cmd.replace("worker.celery_app", "bench.noop_app")
+    node = f"{name}-{uuid.uuid4().hex[:6]}"
+    proc = Proc(name, cmd + f" -n {node}@%h --without-gossip --without-mingle")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.proc.poll() is not None:
+            raise SystemExit(f"celery worker exited; see {LOGS}")
+        names = [n for reply in app.control.ping(timeout=0.5) for n in reply if node in n]
+        if names:
+            proc.node = names[0]
+            return proc
+    proc.stop()
+    raise SystemExit("celery worker did not start")
+
+
+PROFILE_DIR = os.environ.get("BENCH_PROFILE")  # a directory: py-spy records each phase's server processes there
+
+
+def profile(name: str, proc: Proc, seconds: float) -> list:
+    """With BENCH_PROFILE set, record the children of `proc` (gunicorn workers, the Celery pool) with py-spy,
+    as collapsed stacks (`<name>-<pid>.txt`), for `seconds`."""
+    if not PROFILE_DIR:
+        return []
+    os.makedirs(PROFILE_DIR, exist_ok=True)
+    spy = os.path.join(os.path.dirname(PY), "py-spy")
+    return [subprocess.Popen([spy, "record", "--format", "raw", "--nonblocking", "-r", "200", "-d", str(int(seconds)),
+                              "-o", os.path.join(PROFILE_DIR, f"{name}-{pid}.txt"), "-p", str(pid)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for pid in children(proc.proc.pid)]
+
+
+def loadgen(spec) -> dict:
+    out = subprocess.run([PY, "-m", "bench.loadgen", json.dumps(spec)], cwd=ROOT, env=ENV, capture_output=True,
+                         text=True, timeout=SECONDS * 4 + 60)
+    if out.returncode != 0:
+        raise SystemExit(out.stderr)
+    return json.loads(out.stdout)
+
+
+# ---------------------------------------------------------------- data
+
+def recreate_database():
+    target = make_url(DATABASE_URL)
+    admin = create_engine(target.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{target.database}" WITH (FORCE)'))
+        conn.execute(text(f'CREATE DATABASE "{target.database}"'))
+    admin.dispose()
+    from models.schema import upgrade_head
+
+    upgrade_head()
+    for url in (REDIS_URL, BROKER_URL):
+        redis.Redis.from_url(url).flushdb()
+
+
+def seed() -> dict:
+    """Two models (one Queue OFF menu, one Queue ON menu), FANS fans with plenty of tokens, their JWTs."""
+    from flask_jwt_extended import create_access_token
+
+    from models.db import new_session
+    from models.ledger import create_accounts, top_up
+    from models.menus import Menu, MenuItem
+    from models.users import User
+    from web import create_app
+
+    s = new_session()
+    probe = User(username="probe", role="fan")
+    probe.set_password("bench")
+    users = {}
+    for role, n in (("model", 2), ("fan", FANS)):
+        users[role] = []
+        for i in range(n):
+            u = User(username=f"bench-{role}-{i}", role=role, password_hash=probe.password_hash)
+            s.add(u)
+            users[role].append(u)
+    s.flush()
+    for u in users["model"] + users["fan"]:
+        create_accounts(s, u)
+    s.flush()
+    for u in users["fan"]:
+        top_up(s, u.id, 10_000_000)
+    menus = {}
+    for model, mode in zip(users["model"], ("OFF", "ON")):
+        menu = Menu(model_id=model.id, name=f"Bench {mode}", queue_mode=mode, queue_order="fifo")
+        s.add(menu)
+        s.flush()
+        item = MenuItem(menu_id=menu.id, name="Kiss", token_value=10, bonus_loyalty_points=1,
+                        estimated_duration_minutes=2)
+        s.add(item)
+        s.flush()
+        menus[mode] = {"menu_id": str(menu.id), "item_id": str(item.id), "model_id": str(model.id)}
+    s.commit()
+    app = create_app()
+    with app.app_context():
+        tokens = [create_access_token(identity=str(u.id), additional_claims={"role": "fan"}) for u in users["fan"]]
+    s.close()
+    return {"menus": menus, "tokens": tokens}
+
+
+def pending_count() -> int:
+    from models.db import new_session
+    from models.purchases import Purchase
+
+    s = new_session()
+    try:
+        return s.scalar(select(func.count()).select_from(Purchase).where(Purchase.status == "pending"))
+    finally:
+        s.close()
+
+
+# ---------------------------------------------------------------- ceilings
+
+SQL_SETUP = """
+DROP TABLE IF EXISTS bench_accounts, bench_entries;
+CREATE TABLE bench_accounts (id int PRIMARY KEY, balance bigint NOT NULL);
+CREATE TABLE bench_entries (id bigserial PRIMARY KEY, debit int, credit int, amount bigint, kind text,
+                            created_at timestamptz DEFAULT now());
+INSERT INTO bench_accounts SELECT g, 1000000000 FROM generate_series(1, 400) g;
+"""
+
+
+def sql_client(seconds: float, client: int) -> None:
+    """One client of the settlement-shaped transaction: lock a wallet, two updates, two inserts, commit."""
+    import random
+
+    import psycopg
+
+    url = make_url(DATABASE_URL).set(drivername="postgresql").render_as_string(hide_password=False)
+    rnd = random.Random(client)
+    done = 0
+    with psycopg.connect(url) as conn:
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            wallet, earnings = rnd.randint(1, FANS), rnd.randint(FANS + 1, FANS + 2)
+            with conn.transaction():
+                conn.execute("SELECT balance FROM bench_accounts WHERE id = %s FOR UPDATE", (wallet,))
+                conn.execute("UPDATE bench_accounts SET balance = balance - 10 WHERE id = %s", (wallet,))
+                conn.execute("UPDATE bench_accounts SET balance = balance + 10 WHERE id = %s", (earnings,))
+                conn.execute("INSERT INTO bench_entries (debit, credit, amount, kind) VALUES (%s, %s, 10, 'p')",
+                             (wallet, earnings))
+                conn.execute("INSERT INTO bench_entries (debit, credit, amount, kind) VALUES (%s, %s, 1, 'l')",
+                             (earnings, wallet))
+            done += 1
+    print(done)
+
+
+def sql_ceiling(clients: int) -> float:
+    engine = create_engine(DATABASE_URL)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(SQL_SETUP)
+    engine.dispose()
+    procs = [subprocess.Popen([PY, "-m", "bench.run", "sql-client", str(SECONDS), str(i)], cwd=ROOT, env=ENV,
+                              stdout=subprocess.PIPE, text=True) for i in range(clients)]
+    total = sum(int(p.communicate()[0].strip()) for p in procs)
+    return round(total / SECONDS, 1)
+
+
+def time_backlog(app, proc: Proc, queue: str, done, expected: int, timeout: float = 90) -> float:
+    """Resume the worker's consumer on a prepared backlog and time it until `done()` reaches `expected`."""
+    t0 = time.perf_counter()
+    app.control.add_consumer(queue, destination=[proc.node], reply=True)
+    deadline = t0 + timeout
+    while time.perf_counter() < deadline:
+        if done() >= expected:
+            break
+        time.sleep(0.01)
+    elapsed = time.perf_counter() - t0
+    return round(done() / elapsed, 1)
+
+
+def celery_noop_ceiling() -> float:
+    from bench import noop_app
+
+    r = redis.Redis.from_url(REDIS_URL)
+    r.delete(noop_app.COUNTER)
+    worker = start_worker(noop_app.app, "noop")
+    try:
+        noop_app.app.control.cancel_consumer("bench_noop", destination=[worker.node], reply=True)
+        for _ in range(NOOP_TASKS):
+            noop_app.noop.apply_async()
+        return time_backlog(noop_app.app, worker, "bench_noop", lambda: int(r.get(noop_app.COUNTER) or 0), NOOP_TASKS)
+    finally:
+        worker.stop()
+
+
+# ---------------------------------------------------------------- queue lookups
+
+def queue_lookup(data) -> tuple[float | None, str]:
+    """One position + wait lookup on a 10,000-entry queue, in ms (worker/queue.py, once it exists)."""
+    try:
+        from worker import queue as q  # noqa: F401
+    except ImportError:
+        return None, "worker/queue.py is not on this branch yet"
+    return None, "worker/queue.py found but not wired into the bench yet"
+
+
+# ---------------------------------------------------------------- main
+
+def main():
+    t_start = time.perf_counter()
+    log(f"logs in {LOGS}")
+    recreate_database()
+    data = seed()
+    results, notes = {}, {}
+    purchase_url = f"http://127.0.0.1:{PORT}/menu/purchase"
+
+    def purchase_bodies(mode):
+        m = data["menus"][mode]
+        return [{"menu_id": m["menu_id"], "item_id": m["item_id"]}]
+
+    # Ceiling 1: echo on the same gunicorn configuration.
+    echo = start_web("bench.echo_app:app")
+    try:
+        loadgen({"url": f"http://127.0.0.1:{PORT}/", "duration": 1, "connections": CONNECTIONS})
+        r = loadgen({"url": f"http://127.0.0.1:{PORT}/", "duration": SECONDS, "connections": CONNECTIONS,
+                     "bodies": purchase_bodies("OFF"), "tokens": data["tokens"][:1]})
+        results["echo_rps"] = r["ok_per_s"]
+        log(f"echo: {r}")
+    finally:
+        echo.stop()
+
+    # Ceiling 2: the settlement-shaped transaction, one client per settling worker process.
+    results["sql_ceiling_tps"] = sql_ceiling(WORKER_CONCURRENCY)
+    log(f"sql ceiling: {results['sql_ceiling_tps']} TPS with {WORKER_CONCURRENCY} clients")
+
+    # Ceiling 3: a no-op Celery task from a backlog.
+    results["celery_noop_tps"] = celery_noop_ceiling()
+    log(f"celery no-op: {results['celery_noop_tps']} tasks/s")
+
+    # Ours: intake with the workers' consumers paused (the backlog they settle next), then settlement.
+    from worker.celery_app import celery as product_celery
+
+    worker = start_worker(product_celery, "worker")
+    web = None
+    try:
+        web = start_web(PURCHASE_WAIT_SECONDS="0")
+        product_celery.control.cancel_consumer("celery", destination=[worker.node], reply=True)
+        loadgen({"url": purchase_url, "duration": 1, "connections": CONNECTIONS, "bodies": purchase_bodies("OFF"),
+                 "tokens": data["tokens"], "idempotency": True})
+        for mode in ("OFF", "ON"):
+            spies = profile(f"intake-{mode}", web, SECONDS)
+            r = loadgen({"url": purchase_url, "duration": SECONDS, "connections": CONNECTIONS,
+                         "bodies": purchase_bodies(mode), "tokens": data["tokens"], "idempotency": True})
+            results[f"intake_{mode.lower()}_rps"] = r["ok_per_s"]
+            log(f"intake Queue {mode}: {r}")
+            for spy in spies:
+                spy.wait()
+        results["intake_rps"] = min(results["intake_off_rps"], results["intake_on_rps"])
+        results["web_rss_mb"] = web.rss_mb()
+        backlog = pending_count()
+        results["settle_backlog"] = backlog
+        spies = profile("settle", worker, 10)
+        results["settle_tps"] = time_backlog(product_celery, worker, "celery", lambda: backlog - pending_count(),
+                                             backlog)
+        results["worker_rss_mb"] = worker.rss_mb()
+        for spy in spies:
+            spy.kill()
+            spy.wait()
+        log(f"settled a backlog of {backlog}: {results['settle_tps']} purchases/s")
+        web.stop()
+        web = None
+
+        # Ours: purchase -> settled latency at a fixed offered rate, with the product's default wait.
+        broker = redis.Redis.from_url(BROKER_URL)
+        deadline = time.monotonic() + 60
+        while broker.llen("celery") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        web = start_web()
+        r = loadgen({"url": purchase_url, "duration": SECONDS * 1.5, "rate": RATE, "bodies": purchase_bodies("OFF"),
+                     "tokens": data["tokens"], "idempotency": True, "ok_status": [200, 202], "settled_only": True})
+        log(f"e2e at {RATE}/s: {r}")
+        results.update(e2e_p50_ms=r["p50_ms"], e2e_p95_ms=r["p95_ms"], e2e_p99_ms=r["p99_ms"], e2e_late=r["late"],
+                       e2e_requests=r["ok"])
+        results["web_rss_mb"] = max(results["web_rss_mb"], web.rss_mb())
+        results["worker_rss_mb"] = max(results["worker_rss_mb"], worker.rss_mb())
+    finally:
+        if web is not None:
+            web.stop()
+        worker.stop()
+
+    results["queue_lookup_ms"], notes["queue_lookup_ms"] = queue_lookup(data)
+    from models.db import new_session
+    from models.ledger import books_differences
+
+    s = new_session()
+    results["books_differences"] = len(books_differences(s))
+    s.close()
+    results["elapsed_s"] = round(time.perf_counter() - t_start, 1)
+    results["notes"] = notes
+    report(results)
+
+
+def ratio(a, b):
+    return None if a is None or not b else round(a / b, 3)
+
+
+def report(res):
+    rows = [
+        ("intake Queue OFF (req/s)", res["intake_off_rps"], "echo", res["echo_rps"], ">= 0.35"),
+        ("intake Queue ON (req/s)", res["intake_on_rps"], "echo", res["echo_rps"], ">= 0.35"),
+        (f"settlement from backlog of {res['settle_backlog']} (/s)", res["settle_tps"], "SQL txn TPS",
+         res["sql_ceiling_tps"], ">= 0.5"),
+        ("settlement (/s)", res["settle_tps"], "Celery no-op tasks/s", res["celery_noop_tps"], ""),
+        (f"e2e p50 at {RATE:g}/s (ms)", res["e2e_p50_ms"], "", None, "<= 15"),
+        (f"e2e p95 at {RATE:g}/s (ms)", res["e2e_p95_ms"], "", None, ""),
+        (f"e2e p99 at {RATE:g}/s (ms)", res["e2e_p99_ms"], "", None, "<= 60"),
+        ("queue position+wait lookup, 10k (ms)", res["queue_lookup_ms"], "", None, "< 2"),
+        ("web RSS, all gunicorn processes (MB)", res["web_rss_mb"], "", None, ""),
+        ("worker RSS, Celery main + pool (MB)", res["worker_rss_mb"], "", None, ""),
+    ]
+    lines = ["| figure | ours | ceiling | ceiling value | ratio | target |", "|---|---:|---|---:|---:|---|"]
+    for name, ours, cname, ceil, target in rows:
+        lines.append(f"| {name} | {fmt(ours)} | {cname} | {fmt(ceil)} | {fmt2(ratio(ours, ceil))} | {target} |")
+    table = "\n".join(lines)
+    print("\n" + table + "\n")
+    print(f"e2e answers still pending after the wait: {res['e2e_late']} of {res['e2e_requests']}; "
+          f"books differences: {res['books_differences']}; run took {res['elapsed_s']} s")
+    for key, note in res["notes"].items():
+        if note:
+            print(f"{key}: {note}")
+    with open(os.path.join(ROOT, "bench", "last.json"), "w") as f:
+        json.dump({**res, "table": table}, f, indent=2)
+
+
+def fmt2(v):
+    return "n/a" if v is None else f"{v:.2f}"
+
+
+def fmt(v):
+    return "n/a" if v is None else (f"{v:,.1f}" if isinstance(v, float) else f"{v:,}")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "sql-client":
+        sql_client(float(sys.argv[2]), int(sys.argv[3]))
+    else:
+        main()
