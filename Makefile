@@ -45,7 +45,7 @@ demo: install
 # Benchmarks (bench/run.py): ceilings and our figures in one run on PostgreSQL database perfmenu_bench and
 # Redis databases 13/12 (BENCH_DATABASE_URL, BENCH_REDIS_URL, BENCH_BROKER_URL); prints a table, writes bench/last.json.
 bench: install
-	$(BIN)/pip install --quiet -e '.[bench]'
+	$(BIN)/python -c 'import aiohttp' 2>/dev/null || $(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python -m bench.run
 
 check-books: install

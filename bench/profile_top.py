@@ -6,6 +6,7 @@ import sys
 
 def main(paths, filt=None, top=45):
     inclusive = collections.Counter()
+    own = collections.Counter()
     total = 0
     for path in paths:
         with open(path) as f:
@@ -13,6 +14,7 @@ def main(paths, filt=None, top=45):
                 stack, _, n = line.rstrip().rpartition(" ")
                 n = int(n)
                 total += n
+                own[stack.split(";")[-1]] += n
                 seen = set()
                 for frame in stack.split(";"):
                     if filt and filt not in frame:
@@ -20,7 +22,11 @@ def main(paths, filt=None, top=45):
                     if frame not in seen:
                         seen.add(frame)
                         inclusive[frame] += n
+    print(f"{total} samples; inclusive:")
     for frame, n in inclusive.most_common(top):
+        print(f"{100 * n / total:5.1f}%  {frame[:150]}")
+    print("self:")
+    for frame, n in own.most_common(top // 2):
         print(f"{100 * n / total:5.1f}%  {frame[:150]}")
 
 

@@ -411,7 +411,7 @@ def main():
                                              backlog)
         results["worker_rss_mb"] = worker.rss_mb()
         for spy in spies:
-            spy.kill()
+            spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
             spy.wait()
         log(f"settled a backlog of {backlog}: {results['settle_tps']} purchases/s")
         web.stop()

@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from models.ledger import Account
-from models.menus import MenuItem
+from models.menus import Menu, MenuItem
 from models.purchases import Purchase, daily_count, purchase_day_of
 from models.settings import get_settings
 from models.types import utcnow
@@ -91,8 +91,7 @@ PURCHASE_EXAMPLE = {
 
 def _settled_response(session, purchase: Purchase):
     """Wait briefly for the worker's verdict, then answer with the purchase as it stands."""
-    if purchase.status == "pending":
-        wait_for_verdict(purchase.id, get_settings().purchase_wait_seconds)
+    if purchase.status == "pending" and wait_for_verdict(purchase.id, get_settings().purchase_wait_seconds):
         session.refresh(purchase)
     body = purchase_view(purchase)
     if purchase.status == "pending":
@@ -100,6 +99,18 @@ def _settled_response(session, purchase: Purchase):
     if purchase.status == "failed":
         refuse(purchase.failure_reason, **PurchaseOut().dump(body))
     return body, 200
+
+
+def load_for_intake(session, menu_id, item_id, fan_id):
+    """The menu, the item (None unless on that menu) and the fan's wallet balance, in one round trip. The
+    menu and the item stay in the session's identity map, so session.get answers them without a query."""
+    balance = select(Account.balance).where(Account.owner_id == fan_id, Account.kind == "wallet").scalar_subquery()
+    row = session.execute(
+        select(Menu, MenuItem, balance)
+        .outerjoin(MenuItem, (MenuItem.id == item_id) & (MenuItem.menu_id == Menu.id))
+        .where(Menu.id == menu_id)
+    ).first()
+    return row if row is not None else (None, None, None)
 
 
 def _replay(session, purchase: Purchase, body):
@@ -139,16 +150,15 @@ def create_purchase(body):
         if existing is not None:
             return _replay(session, existing, body)
 
+    _menu, item, balance = load_for_intake(session, body["menu_id"], body["item_id"], fan_id)
     menu = load_visible_menu(session, body["menu_id"])
-    item = session.get(MenuItem, body["item_id"])
-    if item is None or item.menu_id != menu.id:
+    if item is None:
         raise ApiError(404, "not_found", "No such item on this menu")
     if not (item.is_active and menu.is_active):
         refuse_at_intake("item_unavailable")
 
     now = utcnow()
     day = purchase_day_of(now, settings.tz)
-    balance = session.scalar(select(Account.balance).where(Account.owner_id == fan_id, Account.kind == "wallet"))
     if balance is None or balance < item.token_value:
         refuse_at_intake("insufficient_balance")
     if item.max_daily_purchases is not None and daily_count(session, fan_id, item.id, day) >= item.max_daily_purchases:

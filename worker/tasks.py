@@ -18,7 +18,7 @@ from models.settings import get_settings
 from models.types import utcnow
 
 from . import activations, escrow, queue
-from .handoff import request_activation
+from .handoff import request_activation, settlement_starting
 from .metrics import count_settled
 from .settlement import settle_pending
 from .verdicts import publish_verdicts
@@ -67,6 +67,9 @@ def settle(purchase_ids=None, older_than=None) -> int:
 
 @celery.task(name="perfmenu.settle_purchases")
 def settle_purchases(purchase_ids=None) -> int:
+    """With ids: settle those. Without: the web's hand-off; settle everything pending, oldest first."""
+    if purchase_ids is None:
+        settlement_starting()
     return settle(purchase_ids)
 
 
