@@ -1,15 +1,17 @@
 """The web process's one way to ask for settlement, called after the purchase is committed.
 
-A settle task settles *everything* pending (in batches, claiming rows with FOR UPDATE SKIP LOCKED), so one task
-per burst is enough: the web publishes only when no settle task is scheduled. A Redis flag (SET NX, short TTL)
-says "a task is scheduled"; the task clears it before it claims. So a purchase committed before the clear is
-claimed by that task, and one committed after it either sets the flag and publishes, or finds the flag set by
-a purchase that published after the clear: no purchase is left behind. If the publish fails the flag is
-dropped again; if a message is lost anyway, the TTL lets the next purchase publish and beat's pending sweep
-settles the rest."""
+A settle task settles *everything* pending (in batches, claiming rows with FOR UPDATE SKIP LOCKED), so the web
+publishes a task only when none is scheduled. A Redis flag (short TTL) promises "a claim will happen after
+now": the web sets it with SET NX and publishes only if it set it; the task keeps it set while it loops
+(every claim that found something is followed by another claim), and before it exits it deletes the flag and
+claims once more. So a purchase whose SET NX failed was committed before a claim that is still to come: no
+purchase is left behind. A failed publish drops the flag again; a lost message or a crashed task costs at
+most the TTL (the next purchase publishes) and beat's pending sweep settles what remains."""
 from __future__ import annotations
 
 import logging
+
+from models.settings import get_settings
 
 from .redis_client import get_redis
 
@@ -22,24 +24,33 @@ SCHEDULED_TTL_SECONDS = 5
 def request_settlement(purchase_id) -> None:
     from .tasks import settle_purchases
 
+    # Embedded mode runs tasks inline in the request's thread, and SQLite has no SKIP LOCKED: each request
+    # settles its own purchase there.
+    args = [[str(purchase_id)]] if get_settings().embedded else []
+    if not args:
+        try:
+            if not get_redis().set(SCHEDULED_KEY, "1", nx=True, ex=SCHEDULED_TTL_SECONDS):
+                return  # a claim is still to come (a scheduled task, or the running one's next or last claim)
+        except Exception:
+            log.exception("settlement flag unavailable; publishing", extra={"purchase_id": str(purchase_id)})
     try:
-        if not get_redis().set(SCHEDULED_KEY, "1", nx=True, ex=SCHEDULED_TTL_SECONDS):
-            return  # a settle task is scheduled and has not started claiming: it will take this purchase
-    except Exception:
-        log.exception("settlement flag unavailable; publishing", extra={"purchase_id": str(purchase_id)})
-    try:
-        settle_purchases.apply_async()
+        settle_purchases.apply_async(args=args)
     except Exception:
         # The purchase is committed as pending; the next hand-off or beat's pending sweep settles it.
         log.exception("settlement hand-off failed", extra={"purchase_id": str(purchase_id)})
-        try:
-            get_redis().delete(SCHEDULED_KEY)
-        except Exception:
-            pass
+        release_scheduled()
 
 
-def settlement_starting() -> None:
-    """Called by the settle task before it claims: purchases committed from now on schedule a new task."""
+def keep_scheduled() -> None:
+    """The settle task is looping and will claim again: intake need not publish."""
+    try:
+        get_redis().set(SCHEDULED_KEY, "1", ex=SCHEDULED_TTL_SECONDS)
+    except Exception:
+        log.exception("could not refresh the settlement flag")
+
+
+def release_scheduled() -> None:
+    """The settle task is about to make its last claim: purchases committed from now on publish a new task."""
     try:
         get_redis().delete(SCHEDULED_KEY)
     except Exception:

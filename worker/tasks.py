@@ -18,7 +18,7 @@ from models.settings import get_settings
 from models.types import utcnow
 
 from . import activations, escrow, queue
-from .handoff import request_activation, settlement_starting
+from .handoff import keep_scheduled, release_scheduled, request_activation
 from .metrics import count_settled
 from .settlement import settle_pending
 from .verdicts import publish_verdicts
@@ -67,10 +67,24 @@ def settle(purchase_ids=None, older_than=None) -> int:
 
 @celery.task(name="perfmenu.settle_purchases")
 def settle_purchases(purchase_ids=None) -> int:
-    """With ids: settle those. Without: the web's hand-off; settle everything pending, oldest first."""
-    if purchase_ids is None:
-        settlement_starting()
-    return settle(purchase_ids)
+    """With ids: settle those. Without (the web's hand-off, worker/handoff.py): settle whatever is pending,
+    oldest first, until a claim made after the scheduled flag was dropped finds nothing."""
+    if purchase_ids is not None:
+        return settle(purchase_ids)
+    total = 0
+    try:
+        while True:
+            keep_scheduled()
+            settled = settle()
+            if not settled:
+                release_scheduled()
+                settled = settle()
+                if not settled:
+                    return total
+            total += settled
+    except BaseException:
+        release_scheduled()
+        raise
 
 
 @celery.task(name="perfmenu.sweep_pending")
