@@ -146,9 +146,12 @@ def create_purchase(body):
     if key is not None and not 1 <= len(key) <= 128:
         raise ApiError(422, "invalid_request", "The idempotency key must be 1 to 128 characters")
     if key:
-        existing = session.scalar(select(Purchase).where(Purchase.fan_id == fan_id, Purchase.idempotency_key == key))
-        if existing is not None:
-            return _replay(session, existing, body)
+        # The id only (cheap when, as usual, there is none); the purchase is loaded for a replay.
+        existing_id = session.scalar(
+            select(Purchase.id).where(Purchase.fan_id == fan_id, Purchase.idempotency_key == key)
+        )
+        if existing_id is not None:
+            return _replay(session, session.get(Purchase, existing_id), body)
 
     _menu, item, balance = load_for_intake(session, body["menu_id"], body["item_id"], fan_id)
     menu = load_visible_menu(session, body["menu_id"])
