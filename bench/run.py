@@ -180,7 +180,7 @@ def profile(name: str, proc: Proc, seconds: float) -> list:
         return []
     os.makedirs(PROFILE_DIR, exist_ok=True)
     spy = os.path.join(os.path.dirname(PY), "py-spy")
-    return [subprocess.Popen([spy, "record", "--format", "raw", "--nonblocking", "-r", "200", "-d", str(int(seconds)),
+    return [subprocess.Popen([spy, "record", "--format", "raw", "--gil", "-r", "100", "-d", str(int(seconds)),
                               "-o", os.path.join(PROFILE_DIR, f"{name}-{pid}.txt"), "-p", str(pid)],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             for pid in children(proc.proc.pid)]
@@ -388,6 +388,7 @@ def queue_lookup(lookups: int = 2000) -> tuple[dict, str]:
 
 def main():
     t_start = time.perf_counter()
+    load_before = os.getloadavg()[0]
     log(f"logs in {LOGS}")
     recreate_database()
     data = seed()
@@ -456,8 +457,11 @@ def main():
         while broker.llen("celery") and time.monotonic() < deadline:
             time.sleep(0.1)
         web = start_web()
+        spies = profile("e2e-web", web, SECONDS) + profile("e2e-worker", worker, SECONDS)
         r = loadgen({"url": purchase_url, "duration": SECONDS * 1.5, "rate": RATE, "bodies": purchase_bodies("OFF"),
                      "tokens": data["tokens"], "idempotency": True, "ok_status": [200, 202], "settled_only": True})
+        for spy in spies:
+            spy.wait()
         log(f"e2e at {RATE}/s: {r}")
         results.update(e2e_p50_ms=r["p50_ms"], e2e_p95_ms=r["p95_ms"], e2e_p99_ms=r["p99_ms"], e2e_late=r["late"],
                        e2e_requests=r["ok"])
@@ -478,6 +482,8 @@ def main():
     results["books_differences"] = len(books_differences(s))
     s.close()
     results["elapsed_s"] = round(time.perf_counter() - t_start, 1)
+    # The machine is shared: the 1-minute load average before and after says how much else was running.
+    results["load_average"] = [round(load_before, 1), round(os.getloadavg()[0], 1)]
     results["notes"] = notes
     report(results)
 
@@ -508,7 +514,8 @@ def report(res):
     table = "\n".join(lines)
     print("\n" + table + "\n")
     print(f"e2e answers still pending after the wait: {res['e2e_late']} of {res['e2e_requests']}; "
-          f"books differences: {res['books_differences']}; run took {res['elapsed_s']} s")
+          f"books differences: {res['books_differences']}; run took {res['elapsed_s']} s; "
+          f"load average before/after: {res['load_average']}")
     for key, note in res["notes"].items():
         if note:
             print(f"{key}: {note}")
