@@ -1,0 +1,191 @@
+"""Auth matrix: every route of the app x {no token, expired token, forged token, wrong role, another user's
+object} -> 401 / 401 / 401 / 403 / 404, with the error envelope.
+
+The routes come from `app.url_map`, so a new route cannot escape: a route without an entry in ROUTES fails
+`test_every_route_has_an_entry` and its own parametrized case. Public routes are an explicit allow-list."""
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+import pytest
+from flask_jwt_extended import create_access_token, create_refresh_token
+
+from models.db import new_session
+from models.purchases import Purchase
+from models.types import utcnow
+from web import create_app
+
+ANY = frozenset({"fan", "model", "admin"})
+IGNORED_METHODS = {"HEAD", "OPTIONS"}
+IGNORED_ENDPOINTS = {"static"}
+
+
+@dataclass(frozen=True)
+class Route:
+    roles: frozenset = ANY  # roles allowed to call it; others get 403
+    token: str = "access"  # "access" or "refresh"
+    # Path parameters naming an object that belongs to someone: any other non-admin caller gets 404.
+    owned: tuple = ()
+    body: dict = field(default_factory=dict)  # a minimal valid JSON body (built from the world if callable)
+
+
+PUBLIC = None
+
+# (method, rule) -> expectation. Add every new route here (the tests fail until you do).
+ROUTES: dict[tuple[str, str], Route | None] = {
+    ("POST", "/auth/login"): PUBLIC,
+    ("GET", "/healthz"): PUBLIC,
+    ("GET", "/readyz"): PUBLIC,
+    ("GET", "/metrics"): PUBLIC,
+    ("GET", "/openapi.json"): PUBLIC,
+    ("GET", "/docs"): PUBLIC,
+    ("POST", "/auth/refresh"): Route(token="refresh"),
+    # Menus are shared objects: visibility (403 for hidden menus) is tested in test_access_and_limits.
+    ("GET", "/menu/<uuid:menu_id>"): Route(),
+    ("GET", "/menu/model/<uuid:model_id>"): Route(),
+    ("POST", "/menu/purchase"): Route(roles=frozenset({"fan"}), body={"menu_id": "{menu_id}", "item_id": "{item_id}"}),
+    ("GET", "/menu/purchase/history"): Route(),
+    ("GET", "/menu/purchase/<uuid:purchase_id>/status"): Route(owned=("purchase_id",)),
+    ("GET", "/wallet"): Route(),
+}
+
+
+def app_routes(app) -> list[tuple[str, str]]:
+    found = set()
+    for rule in app.url_map.iter_rules():
+        if rule.endpoint in IGNORED_ENDPOINTS:
+            continue
+        for method in rule.methods - IGNORED_METHODS:
+            found.add((method, rule.rule))
+    return sorted(found)
+
+
+_APP = create_app()
+ALL_ROUTES = app_routes(_APP)
+PROTECTED = [r for r in ALL_ROUTES if ROUTES.get(r, "missing") is not PUBLIC]
+
+
+def test_every_route_has_an_entry():
+    missing = [r for r in ALL_ROUTES if r not in ROUTES]
+    assert missing == [], f"routes without an auth-matrix entry in tests/test_auth_matrix.py: {missing}"
+
+
+def test_public_allow_list_is_small():
+    public = {r for r in ALL_ROUTES if r in ROUTES and ROUTES[r] is PUBLIC}
+    assert {path for _m, path in public} <= {"/auth/login", "/healthz", "/readyz", "/openapi.json", "/docs",
+                                             "/metrics"} | {p for _m, p in public if p.startswith("/lovense/")}
+
+
+class World:
+    """Real objects owned by a fan and a model; the callers are other users."""
+
+    def __init__(self, factory):
+        self.factory = factory
+        self.owner_fan = factory.user("fan", tokens=100)
+        self.owner_model = factory.user("model")
+        self.menu = factory.menu(self.owner_model, items=[{"name": "Kiss", "token_value": 10}])
+        self.item = self.menu.created_items[0]
+        s = new_session()
+        try:
+            now = utcnow()
+            p = Purchase(fan_id=self.owner_fan.id, model_id=self.owner_model.id, menu_id=self.menu.id,
+                         item_id=self.item.id, item_name="Kiss", token_value=10, loyalty_points=0,
+                         transaction_type="immediate", purchase_day=now.date(), created_at=now)
+            s.add(p)
+            s.commit()
+            self.purchase_id = p.id
+        finally:
+            s.close()
+        self.callers = {role: factory.user(role) for role in ANY}
+
+    def params(self) -> dict[str, uuid.UUID]:
+        return {
+            "menu_id": self.menu.id,
+            "item_id": self.item.id,
+            "model_id": self.owner_model.id,
+            "fan_id": self.owner_fan.id,
+            "user_id": self.owner_fan.id,
+            "purchase_id": self.purchase_id,
+        }
+
+
+def build_path(rule: str, params: dict) -> str:
+    out = rule
+    for part in rule.split("<")[1:]:
+        spec = part.split(">")[0]
+        name = spec.split(":")[-1]
+        assert name in params, f"the auth matrix does not know how to build path parameter {name!r} of {rule}"
+        out = out.replace(f"<{spec}>", str(params[name]))
+    return out
+
+
+def token_for(app, user, kind="access", expires=None) -> str:
+    make = create_access_token if kind == "access" else create_refresh_token
+    with app.app_context():
+        return make(identity=str(user.id), additional_claims={"role": user.role}, expires_delta=expires)
+
+
+def call(client, method, path, route: Route, params, token=None):
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    body = {k: (v.format(**params) if isinstance(v, str) else v) for k, v in route.body.items()}
+    return client.open(path, method=method, headers=headers, json=body if method in ("POST", "PUT", "PATCH") else None)
+
+
+def assert_error(r, status):
+    assert r.status_code == status, (r.status_code, r.get_json())
+    body = r.get_json()
+    assert set(body["error"]) >= {"code", "message"}, body
+
+
+@pytest.mark.parametrize("method,rule", PROTECTED, ids=[f"{m} {p}" for m, p in PROTECTED])
+def test_route_refuses_missing_expired_forged_tokens_wrong_roles_and_others_objects(app, client, factory, method,
+                                                                                       rule):
+    assert (method, rule) in ROUTES, f"add {method} {rule} to ROUTES in tests/test_auth_matrix.py"
+    route = ROUTES[(method, rule)]
+    world = World(factory)
+    params = world.params()
+    path = build_path(rule, params)
+    some_caller = world.callers[sorted(route.roles)[0]]
+
+    assert_error(call(client, method, path, route, params), 401)
+    expired = token_for(app, some_caller, route.token, expires=timedelta(seconds=-30))
+    assert_error(call(client, method, path, route, params, expired), 401)
+    forged = token_for(app, some_caller, route.token)[:-4] + "AAAA"
+    assert_error(call(client, method, path, route, params, forged), 401)
+    if route.token == "refresh":  # an access token where a refresh token is required
+        assert_error(call(client, method, path, route, params, token_for(app, some_caller)), 401)
+    else:  # a refresh token is not an access token
+        assert_error(call(client, method, path, route, params, token_for(app, some_caller, "refresh")), 401)
+
+    for role in ANY - route.roles:
+        r = call(client, method, path, route, params, token_for(app, world.callers[role], route.token))
+        assert_error(r, 403)
+
+    if route.owned:
+        for role in route.roles - {"admin"}:
+            r = call(client, method, path, route, params, token_for(app, world.callers[role], route.token))
+            assert_error(r, 404)
+        # Positive control: the owner gets past the check.
+        owner = world.owner_fan if "fan" in route.roles else world.owner_model
+        r = call(client, method, path, route, params, token_for(app, owner, route.token))
+        assert r.status_code < 400, (r.status_code, r.get_json())
+    else:
+        # Positive control: an allowed caller is not refused by auth.
+        r = call(client, method, path, route, params, token_for(app, some_caller, route.token))
+        assert r.status_code not in (401, 403), (r.status_code, r.get_json())
+
+
+def test_token_of_a_deleted_or_deactivated_user_cannot_refresh(app, client, factory):
+    fan = factory.user("fan")
+    token = token_for(app, fan, "refresh")
+    s = new_session()
+    try:
+        from models.users import User
+
+        s.get(User, fan.id).is_active = False
+        s.commit()
+    finally:
+        s.close()
+    assert_error(client.post("/auth/refresh", headers={"Authorization": f"Bearer {token}"}), 401)
