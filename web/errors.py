@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 
 from flask import jsonify
+from sqlalchemy.exc import DataError
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger(__name__)
@@ -59,9 +60,19 @@ def _http_error(exc: HTTPException):
     else:
         message = exc.description or exc.name
     response, status = error_response(status, _CODE_FOR_STATUS.get(status, "error"), message, **extra)
+    for name, value in exc.get_headers():  # e.g. `Allow` on a 405 (RFC 9110)
+        if name.lower() != "content-type":
+            response.headers[name] = value
     if status == 429 and exc.response is not None and exc.response.headers.get("Retry-After"):
         response.headers["Retry-After"] = exc.response.headers["Retry-After"]
     return response, status
+
+
+def _data_error(exc: DataError):
+    # The database refused a value that passed validation (a NUL character, a number out of range...): the
+    # request's transaction is never committed, so nothing was written. Bad input, not a server fault.
+    log.warning("database refused a request value: %s", type(exc.orig).__name__)
+    return error_response(422, "invalid_request", "A value in the request is not acceptable")
 
 
 def _unexpected(exc: Exception):
@@ -72,4 +83,5 @@ def _unexpected(exc: Exception):
 def register_error_handlers(app) -> None:
     app.register_error_handler(ApiError, _api_error)
     app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(DataError, _data_error)
     app.register_error_handler(Exception, _unexpected)

@@ -1,7 +1,7 @@
 """Marshmallow schemas of the API's bodies (they also generate the OpenAPI document)."""
 from __future__ import annotations
 
-from marshmallow import EXCLUDE, Schema, fields, validate
+from marshmallow import EXCLUDE, INCLUDE, Schema, fields, validate
 
 from models.menus import (
     CARD_STYLES,
@@ -199,4 +199,11 @@ class ErrorBody(Schema):
 
 
 class ErrorOut(Schema):
+    """The envelope of every error (also what the OpenAPI document declares for 4xx and `default`).
+    A refused purchase carries the purchase's fields next to `error`, hence INCLUDE."""
+
+    class Meta:
+        unknown = INCLUDE
+
     error = fields.Nested(ErrorBody, required=True)
+    field_errors = fields.Dict(data_key="fields", metadata={"description": "Invalid fields and their messages"})

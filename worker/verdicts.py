@@ -5,7 +5,13 @@ blocks on that list for a bounded time. The database stays the source of truth: 
 purchase afterwards, and a lost notification only costs the client a 202."""
 from __future__ import annotations
 
+import logging
+
+import redis
+
 from .redis_client import get_redis
+
+log = logging.getLogger(__name__)
 
 VERDICT_TTL_SECONDS = 60
 
@@ -29,12 +35,18 @@ def wait_for_verdict(purchase_id, timeout: float) -> bool:
     if timeout <= 0:
         return False
     r = get_redis()
-    got = r.blpop([_key(purchase_id)], timeout=timeout)
-    if got is None:
+    try:
+        got = r.blpop([_key(purchase_id)], timeout=timeout)
+        if got is None:
+            return False
+        # Put it back for any other request waiting on the same purchase (an idempotent retry).
+        pipe = r.pipeline(transaction=False)
+        pipe.rpush(_key(purchase_id), got[1])
+        pipe.expire(_key(purchase_id), VERDICT_TTL_SECONDS)
+        pipe.execute()
+    except redis.RedisError:
+        # Redis down or slower than the socket timeout: the purchase is committed, the caller re-reads it
+        # from the database and answers 202 if it is still pending. Never a 500 for a committed purchase.
+        log.warning("verdict wait failed", extra={"purchase_id": str(purchase_id)})
         return False
-    # Put it back for any other request waiting on the same purchase (an idempotent retry).
-    pipe = r.pipeline(transaction=False)
-    pipe.rpush(_key(purchase_id), got[1])
-    pipe.expire(_key(purchase_id), VERDICT_TTL_SECONDS)
-    pipe.execute()
     return True
