@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import logging
 
+import redis
 from flask import jsonify
-from sqlalchemy.exc import DataError
+from sqlalchemy.exc import DataError, OperationalError
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger(__name__)
@@ -20,6 +21,7 @@ _CODE_FOR_STATUS = {
     415: "unsupported_media_type",
     422: "invalid_request",
     429: "rate_limited",
+    503: "service_unavailable",
 }
 
 
@@ -75,6 +77,16 @@ def _data_error(exc: DataError):
     return error_response(422, "invalid_request", "A value in the request is not acceptable")
 
 
+def _unavailable(exc: Exception):
+    # The database connection dropped or Redis is unreachable mid-request. Nothing uncommitted was kept; a
+    # commit whose answer was lost is found again by retrying with the same Idempotency-Key.
+    log.warning("backing service unavailable: %s", type(exc).__name__)
+    response, status = error_response(503, "service_unavailable", "A backing service is briefly unavailable: "
+                                      "retry with the same Idempotency-Key")
+    response.headers["Retry-After"] = "1"
+    return response, status
+
+
 def _unexpected(exc: Exception):
     log.exception("unhandled error")
     return error_response(500, "internal_error", "An unexpected error occurred")
@@ -84,4 +96,6 @@ def register_error_handlers(app) -> None:
     app.register_error_handler(ApiError, _api_error)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(DataError, _data_error)
+    for exc in (OperationalError, redis.ConnectionError, redis.TimeoutError):
+        app.register_error_handler(exc, _unavailable)
     app.register_error_handler(Exception, _unexpected)

@@ -1,0 +1,541 @@
+"""The bank test's driver (in the spirit of Jepsen's bank test).
+
+Starts a real gunicorn and real Celery worker processes against PostgreSQL and a Redis server of its own (so
+restarting it disturbs nobody), drives purchases on Queue OFF and Queue ON menus from several client threads
+with random idempotency-key reuse, while a fault injector SIGKILLs Celery processes in the middle of work
+(and restarts them), restarts Redis and terminates the database's backends. Afterwards, and after a quiet
+period in which beat's jobs are called, it checks the books and every purchase. `run(...)` returns a Report;
+tests/test_bank.py asserts that it has no anomaly.
+
+The driver only talks HTTP to the service and reads the database (plus calling beat's pending sweep)."""
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+
+import requests
+from sqlalchemy import func, select, text
+
+from models.db import new_session
+from models.ledger import Account, LedgerEntry, books_differences, top_up
+from models.menus import Menu, MenuItem
+from models.purchases import Purchase
+from web.cli import create_user
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PASSWORD = "bank-pw"
+SETTLED_STATES = {"completed", "failed", "queued", "in_progress", "refunded"}
+# Ledger rows each final state must have (loyalty_award too when the item gives points).
+ROWS_FOR = {
+    ("immediate", "completed"): {"purchase"},
+    ("immediate", "failed"): set(),
+    ("queued", "failed"): set(),
+    ("queued", "queued"): {"escrow_hold"},
+    ("queued", "in_progress"): {"escrow_hold"},
+    ("queued", "completed"): {"escrow_hold", "escrow_release"},
+    ("queued", "refunded"): {"escrow_hold", "escrow_refund"},
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+def children_of(pid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(entry))
+    return out
+
+
+class Proc:
+    """A child process in its own process group."""
+
+    def __init__(self, name, argv, env, log_dir):
+        self.name, self.argv, self.env, self.log_dir = name, argv, env, log_dir
+        self.proc = None
+        self.starts = 0
+
+    def start(self):
+        self.starts += 1
+        log = open(os.path.join(self.log_dir, f"{self.name}.log"), "ab")
+        self.proc = subprocess.Popen(self.argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        log.close()
+        return self
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self, sig=signal.SIGKILL):
+        if self.alive():
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                pass
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+    def stop(self):
+        self.kill(signal.SIGTERM)
+
+
+@dataclass
+class Config:
+    purchases: int = 1000
+    fans: int = 30
+    models: int = 6
+    clients: int = 6
+    worker_kills: int = 4
+    redis_restarts: int = 1
+    db_kills: int = 2
+    key_reuse: float = 0.15  # chance a purchase replays an earlier key of the same fan (same or other item)
+    quiet_seconds: float = 60
+    web_workers: int = 2
+    celery_workers: int = 2
+    seed: int = 7
+
+
+@dataclass
+class Report:
+    purchases: int = 0  # logical purchase requests sent (replays not counted)
+    accepted: int = 0  # purchase rows in the database
+    faults: Counter = field(default_factory=Counter)
+    statuses: Counter = field(default_factory=Counter)
+    responses: Counter = field(default_factory=Counter)
+    anomalies: list = field(default_factory=list)
+    seconds: float = 0.0
+
+    def line(self) -> str:
+        return f"purchases: {self.purchases} faults: {sum(self.faults.values())} anomalies: {len(self.anomalies)}"
+
+    def details(self) -> str:
+        return (f"accepted rows: {self.accepted}; states: {dict(self.statuses)}; responses: {dict(self.responses)}; "
+                f"faults: {dict(self.faults)}; {self.seconds:.0f} s")
+
+
+class Cluster:
+    """gunicorn + Celery workers + a private redis-server, on the given database."""
+
+    def __init__(self, database_url: str, cfg: Config):
+        self.cfg = cfg
+        self.log_dir = tempfile.mkdtemp(prefix="perfmenu-bank-")
+        self.redis_port, self.web_port = free_port(), free_port()
+        self.redis = Proc("redis", [shutil.which("redis-server"), "--port", str(self.redis_port), "--bind",
+                                    "127.0.0.1", "--save", "", "--appendonly", "no"], dict(os.environ), self.log_dir)
+        env = dict(os.environ)
+        env.update(
+            PYTHONPATH=ROOT + os.pathsep + env.get("PYTHONPATH", ""),
+            DATABASE_URL=database_url,
+            REDIS_URL=f"redis://127.0.0.1:{self.redis_port}/0",
+            CELERY_BROKER_URL=f"redis://127.0.0.1:{self.redis_port}/1",
+            PURCHASE_WAIT_SECONDS="1",
+            BROKER_VISIBILITY_TIMEOUT="20",  # a killed worker's unacknowledged tasks come back soon
+            QUEUE_CAPACITY="100000",
+        )
+        self.env = env
+        self.web = Proc("web", [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{self.web_port}",
+                                "--workers", str(cfg.web_workers), "--threads", "4", "--worker-class", "gthread",
+                                "--graceful-timeout", "5", "web.wsgi:app"], env, self.log_dir)
+        self.workers = [self._worker(i) for i in range(cfg.celery_workers)]
+        self.base_url = f"http://127.0.0.1:{self.web_port}"
+
+    def _worker(self, i):
+        return Proc(f"worker{i}", [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--loglevel",
+                                   "WARNING", "--concurrency", "2", "-n", f"bank{i}-{uuid.uuid4().hex[:6]}@%h",
+                                   "--without-gossip", "--without-mingle"], self.env, self.log_dir)
+
+    def start(self):
+        self.redis.start()
+        wait_port(self.redis_port)
+        self.web.start()
+        for w in self.workers:
+            w.start()
+        wait_port(self.web_port, 60)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(self.base_url + "/healthz", timeout=2).status_code == 200:
+                    return self
+            except requests.RequestException:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError("web did not come up; logs in " + self.log_dir)
+
+    def stop(self):
+        for p in [self.web, *self.workers, self.redis]:
+            p.stop()
+
+    # --- faults -------------------------------------------------------------------------------------------
+    def kill_worker(self, rng) -> str:
+        worker = rng.choice(self.workers)
+        if not worker.alive():
+            worker.start()
+            return "worker_restart"
+        pool = children_of(worker.proc.pid)
+        if pool and rng.random() < 0.6:
+            os.kill(rng.choice(pool), signal.SIGKILL)  # a pool process, in the middle of a task or not
+            return "worker_kill"
+        worker.kill()  # the whole worker: its unacknowledged tasks are redelivered
+        worker.start()
+        return "worker_kill"
+
+    def restart_redis(self) -> str:
+        self.redis.kill()
+        time.sleep(0.5)
+        self.redis.start()
+        wait_port(self.redis_port)
+        return "redis_restart"
+
+    def kill_db_backends(self, engine) -> str:
+        with engine.connect() as conn:
+            conn.execute(text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND pid <> pg_backend_pid() AND backend_type = 'client backend'"))
+            conn.commit()
+        return "db_kill"
+
+
+@dataclass
+class Shop:
+    fans: list  # (id, username)
+    items: list  # (menu_id, item_id, queue_mode, token_value)
+    issued: int
+
+
+def build_shop(cfg: Config, rng: random.Random) -> Shop:
+    s = new_session()
+    try:
+        fans, items, issued = [], [], 0
+        for i in range(cfg.models):
+            model = create_user(s, f"bank-model-{uuid.uuid4().hex[:8]}", PASSWORD, "model")
+            for mode in ("OFF", "ON"):
+                menu = Menu(model_id=model.id, name=f"{mode} menu", queue_mode=mode,
+                            queue_order=rng.choice(["priority", "fifo"]))
+                s.add(menu)
+                s.flush()
+                for j in range(3):
+                    price = rng.choice([5, 10, 25, 50, 100])
+                    item = MenuItem(menu_id=menu.id, name=f"item {j}", token_value=price,
+                                    bonus_loyalty_points=rng.choice([0, 0, 3, 10]), display_order=j,
+                                    max_daily_purchases=rng.choice([None, None, None, 40]))
+                    s.add(item)
+                    s.flush()
+                    items.append((menu.id, item.id, mode, price))
+        for i in range(cfg.fans):
+            fan = create_user(s, f"bank-fan-{uuid.uuid4().hex[:8]}", PASSWORD, "fan")
+            amount = rng.randint(200, 3000)  # some fans run dry: insufficient_balance is an outcome too
+            s.flush()
+            top_up(s, fan.id, amount, external_ref=f"bank-{fan.id}")
+            issued += amount
+            fans.append((fan.id, fan.username))
+        s.commit()
+        return Shop(fans, items, issued)
+    finally:
+        s.close()
+
+
+class Client:
+    """One client thread: logs in, buys, replays keys, retries like a careful client (same key on errors)."""
+
+    def __init__(self, base_url, shop: Shop, rng: random.Random, record, key_reuse: float):
+        self.base_url, self.shop, self.rng, self.record = base_url, shop, rng, record
+        self.key_reuse = key_reuse
+        self.http = requests.Session()
+        self.tokens = {}
+
+    def token(self, fan):
+        fan_id, username = fan
+        while fan_id not in self.tokens:
+            try:
+                r = self.http.post(self.base_url + "/auth/login", json={"username": username, "password": PASSWORD},
+                                   timeout=30)
+                if r.status_code == 200:
+                    self.tokens[fan_id] = r.json()["access_token"]
+                    break
+            except requests.RequestException:
+                pass
+            time.sleep(0.2)
+        return self.tokens[fan_id]
+
+    def post(self, fan, body, key):
+        headers = {"Authorization": f"Bearer {self.token(fan)}"}
+        if key:
+            headers["Idempotency-Key"] = key
+        try:
+            r = self.http.post(self.base_url + "/menu/purchase", json=body, headers=headers, timeout=60)
+        except requests.RequestException as exc:
+            return None, type(exc).__name__
+        try:
+            data = r.json()
+        except ValueError:
+            data = None
+        return r.status_code, data
+
+    def buy(self, used_keys: dict):
+        fan = self.rng.choice(self.shop.fans)
+        menu_id, item_id, _mode, _price = self.rng.choice(self.shop.items)
+        keys = used_keys.setdefault(fan[0], [])
+        replay = keys and self.rng.random() < self.key_reuse
+        if replay:
+            key, menu_id, item_id = self.rng.choice(keys)
+            if self.rng.random() < 0.3:  # same key, another item: must be refused, never a second purchase
+                _m, other_item, _mo, _p = self.rng.choice(self.shop.items)
+                if other_item != item_id:
+                    body = {"menu_id": str(_m), "item_id": str(other_item)}
+                    status, data = self.post(fan, body, key)
+                    self.record(fan, key, body, status, data, replay="mismatch")
+                    return False
+        else:
+            key = uuid.uuid4().hex if self.rng.random() < 0.85 else None  # some purchases carry no key
+            if key:
+                keys.append((key, menu_id, item_id))
+        body = {"menu_id": str(menu_id), "item_id": str(item_id), "token_value": 1}  # a client price: ignored
+        for attempt in range(6):
+            status, data = self.post(fan, body, key)
+            self.record(fan, key, body, status, data, replay="same" if (replay or attempt) else None)
+            if status is not None and status < 500:
+                break
+            if not key:  # without a key a retry could buy twice: a careful client does not retry
+                break
+            time.sleep(0.3 * (attempt + 1))
+        return not replay
+
+
+class Recorder:
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.responses = Counter()
+        self.by_key = {}  # (fan_id, key) -> set of purchase ids answered
+        self.answered = {}  # purchase id -> last status the client was told
+        self.anomalies = []
+
+    def __call__(self, fan, key, body, status, data, replay=None):
+        with self.lock:
+            code = data.get("error", {}).get("code") if isinstance(data, dict) and "error" in data else None
+            self.responses[f"{status}{':' + code if code else ''}"] += 1
+            if isinstance(status, int) and status >= 500 and status != 503:
+                self.anomalies.append(f"HTTP {status} {code} for a purchase")
+            if isinstance(status, int) and status >= 400 and not (isinstance(data, dict) and "error" in data):
+                self.anomalies.append(f"HTTP {status} without the error envelope")
+            pid = data.get("purchase_id") if isinstance(data, dict) else None
+            if replay == "mismatch" and (fan[0], key) in self.by_key:
+                # The key already made a purchase: another item under it must be refused, nothing else.
+                if status is not None and status < 500 and code != "idempotency_mismatch":
+                    self.anomalies.append(f"key reused for another item answered {status} {code}")
+                return
+            if pid:
+                self.answered[pid] = data.get("status")
+                if key:
+                    self.by_key.setdefault((fan[0], key), set()).add(pid)
+
+
+class FaultInjector(threading.Thread):
+    """Spreads the planned faults evenly over the run (by purchases sent)."""
+
+    def __init__(self, cluster: Cluster, engine, cfg: Config, progress, rng):
+        super().__init__(daemon=True)
+        self.cluster, self.engine, self.cfg, self.progress, self.rng = cluster, engine, cfg, progress, rng
+        plan = (["worker"] * cfg.worker_kills + ["redis"] * cfg.redis_restarts + ["db"] * cfg.db_kills)
+        rng.shuffle(plan)
+        self.plan = [(int(cfg.purchases * (i + 1) / (len(plan) + 1)), f) for i, f in enumerate(plan)]
+        self.done = Counter()
+        self.errors = []
+        self.stop_event = threading.Event()
+
+    def run(self):
+        for at, fault in self.plan:
+            while self.progress() < at and not self.stop_event.is_set():
+                time.sleep(0.05)
+            if self.stop_event.is_set():
+                return
+            try:
+                if fault == "worker":
+                    self.done[self.cluster.kill_worker(self.rng)] += 1
+                elif fault == "redis":
+                    self.done[self.cluster.restart_redis()] += 1
+                else:
+                    self.done[self.cluster.kill_db_backends(self.engine)] += 1
+            except Exception as exc:  # noqa: BLE001 - a failed injection is reported, not fatal
+                self.errors.append(f"{fault}: {exc!r}")
+
+
+def run(database_engine, cfg: Config, log=print) -> Report:
+    """Build the shop, start the cluster, drive the load under faults, quiesce, check."""
+    rng = random.Random(cfg.seed)
+    shop = build_shop(cfg, rng)
+    cluster = Cluster(database_engine.url.render_as_string(hide_password=False), cfg).start()
+    report = Report()
+    recorder = Recorder()
+    started = time.monotonic()
+    sent = [0]
+    lock = threading.Lock()
+
+    def take() -> bool:
+        with lock:
+            if sent[0] >= cfg.purchases:
+                return False
+            sent[0] += 1
+            return True
+
+    def client_loop(i):
+        client = Client(cluster.base_url, shop, random.Random(cfg.seed * 1000 + i), recorder, cfg.key_reuse)
+        used_keys = {}
+        while take():
+            if not client.buy(used_keys):
+                with lock:
+                    sent[0] -= 1  # a replay is not a new purchase
+            report.purchases = sent[0]
+
+    injector = FaultInjector(cluster, database_engine, cfg, lambda: sent[0], rng)
+    threads = [threading.Thread(target=client_loop, args=(i,), daemon=True) for i in range(cfg.clients)]
+    try:
+        injector.start()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        injector.stop_event.set()
+        injector.join(60)
+        report.purchases = sent[0]
+        report.faults = injector.done
+        for err in injector.errors:
+            log(f"fault injection error: {err}")
+        log(f"load done in {time.monotonic() - started:.0f} s; quiet period")
+        _quiesce(cluster, cfg)
+        _check(report, shop, recorder)
+    finally:
+        cluster.stop()
+        report.seconds = time.monotonic() - started
+    if not report.anomalies:
+        shutil.rmtree(cluster.log_dir, ignore_errors=True)
+    else:
+        log(f"process logs kept in {cluster.log_dir}")
+    return report
+
+
+def _pending_count() -> int:
+    s = new_session()
+    try:
+        return s.scalar(select(func.count()).select_from(Purchase).where(Purchase.status == "pending"))
+    finally:
+        s.close()
+
+
+def _quiesce(cluster: Cluster, cfg: Config) -> None:
+    """Every process back up, then wait for the workers; then beat's pending sweep for what they lost."""
+    from worker.tasks import settle
+
+    for w in cluster.workers:
+        if not w.alive():
+            w.start()
+    if not cluster.redis.alive():
+        cluster.restart_redis()
+    # Wait for the workers; when they stop making progress, run beat's pending sweep (the safety net for lost
+    # hand-offs and messages: a Redis restart empties the broker) as beat would, sooner.
+    deadline = time.monotonic() + cfg.quiet_seconds
+    last, still = _pending_count(), 0
+    while last and time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = _pending_count()
+        still = still + 1 if now == last else 0
+        if still >= 6:
+            settle(older_than=None)
+            still = 0
+        last = now
+    settle(older_than=None)
+
+
+def _check(report: Report, shop: Shop, recorder: Recorder) -> None:
+    anomalies = report.anomalies
+    anomalies.extend(recorder.anomalies)
+    report.responses = recorder.responses
+    s = new_session()
+    try:
+        purchases = {str(p.id): p for p in s.scalars(select(Purchase))}
+        report.accepted = len(purchases)
+        report.statuses = Counter(p.status for p in purchases.values())
+        rows = {}
+        for e in s.scalars(select(LedgerEntry).where(LedgerEntry.purchase_id.is_not(None))):
+            rows.setdefault(str(e.purchase_id), []).append(e)
+        for pid, p in purchases.items():
+            if p.status not in SETTLED_STATES:
+                anomalies.append(f"purchase {pid} left {p.status}")
+                continue
+            if p.status == "failed" and not p.failure_reason:
+                anomalies.append(f"purchase {pid} failed without a reason")
+            if p.status == "refunded" and not p.refund_reason:
+                anomalies.append(f"purchase {pid} refunded without a reason")
+            kinds = [e.kind for e in rows.get(pid, [])]
+            if len(kinds) != len(set(kinds)):
+                anomalies.append(f"purchase {pid} has a ledger row twice: {kinds}")
+            want = set(ROWS_FOR.get((p.transaction_type, p.status), {"?"}))
+            if p.status == "completed" and p.loyalty_points > 0:
+                want.add("loyalty_award")
+            if set(kinds) != want:
+                anomalies.append(f"purchase {pid} ({p.transaction_type}, {p.status}) has rows {kinds}, wants {want}")
+            for e in rows.get(pid, []):
+                if e.kind != "loyalty_award" and e.amount != p.token_value:
+                    anomalies.append(f"purchase {pid}: {e.kind} of {e.amount}, price {p.token_value}")
+        for pid, told in recorder.answered.items():
+            p = purchases.get(pid)
+            if p is None:
+                anomalies.append(f"client was given purchase {pid}, which does not exist")
+            elif told in ("completed", "failed", "refunded") and told != p.status:
+                anomalies.append(f"client was told {pid} is {told}, it is {p.status}")
+        for (fan_id, key), pids in recorder.by_key.items():
+            if len(pids) > 1:
+                anomalies.append(f"one idempotency key of fan {fan_id} answered with {len(pids)} purchases")
+        per_key = s.execute(
+            select(Purchase.fan_id, Purchase.idempotency_key, func.count())
+            .where(Purchase.idempotency_key.is_not(None))
+            .group_by(Purchase.fan_id, Purchase.idempotency_key)
+            .having(func.count() > 1)
+        ).all()
+        anomalies.extend(f"fan {f} key {k} made {n} purchases" for f, k, n in per_key)
+        anomalies.extend(f"books: {d}" for d in books_differences(s))
+        held = s.scalar(select(func.coalesce(func.sum(Account.balance), 0))
+                        .where(Account.kind.in_(("wallet", "earnings", "escrow"))))
+        issued = s.scalar(select(func.coalesce(func.sum(LedgerEntry.amount), 0)).where(LedgerEntry.kind == "top_up"))
+        if not (held == issued == shop.issued):
+            anomalies.append(f"tokens held {held}, issued by the ledger {issued}, issued by the test {shop.issued}")
+        negative = s.scalar(select(func.count()).select_from(Account)
+                            .where(Account.balance < 0, Account.kind.not_in(("token_issuer", "points_issuer"))))
+        if negative:
+            anomalies.append(f"{negative} accounts below zero")
+    finally:
+        s.close()

@@ -1,0 +1,63 @@
+"""Regression tests for what the bank test found under faults (each reproduces one fault deterministically)."""
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+from sqlalchemy import func, select, text
+
+from models.db import get_engine, new_session
+from models.purchases import Purchase
+from models.types import utcnow
+
+
+def test_database_connection_killed_mid_request_is_503_with_the_envelope_then_retry_succeeds(app, factory):
+    """The request's INSERT waits on a row another transaction holds (same idempotency key, uncommitted);
+    its backend is terminated while it waits. Before the fix: 500 internal_error."""
+    fan, model = factory.user("fan", tokens=100), factory.user("model")
+    menu = factory.menu(model, items=[{"name": "Kiss", "token_value": 10}])
+    item = menu.created_items[0]
+    headers = {**factory.headers(fan), "Idempotency-Key": "fault-1"}
+    body = {"menu_id": str(menu.id), "item_id": str(item.id)}
+
+    blocker = get_engine().connect()
+    tx = blocker.begin()
+    now = utcnow()
+    blocker.execute(Purchase.__table__.insert().values(
+        id=uuid.uuid4(), fan_id=fan.id, model_id=model.id, menu_id=menu.id, item_id=item.id, item_name="Kiss",
+        token_value=10, loyalty_points=0, transaction_type="immediate", status="pending",
+        idempotency_key="fault-1", purchase_day=now.date(), created_at=now, queue_priority=0,
+        estimated_duration_minutes=0))
+    result = {}
+    thread = threading.Thread(target=lambda: result.update(r=app.test_client().post("/menu/purchase", json=body,
+                                                                                    headers=headers)))
+    thread.start()
+    try:
+        victim = None
+        for _ in range(100):
+            with get_engine().connect() as conn:
+                victim = conn.execute(text(
+                    "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND wait_event_type = 'Lock' AND query ILIKE 'INSERT INTO purchases%'")).scalar()
+                if victim:
+                    conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": victim})
+                    break
+            time.sleep(0.05)
+        assert victim, "the request never waited on the lock"
+        thread.join(30)
+    finally:
+        tx.rollback()
+        blocker.close()
+    r = result["r"]
+    assert r.status_code == 503, (r.status_code, r.get_json())
+    assert r.get_json()["error"]["code"] == "service_unavailable"
+    assert r.headers["Retry-After"] == "1"
+    s = new_session()
+    try:
+        assert s.scalar(select(func.count()).select_from(Purchase)) == 0  # nothing half-written
+    finally:
+        s.close()
+    # The client's retry with the same key is served normally (the pool replaces the dead connection).
+    retry = app.test_client().post("/menu/purchase", json=body, headers=headers)
+    assert retry.status_code in (200, 202), retry.get_json()
