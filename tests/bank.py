@@ -25,10 +25,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import requests
+from fake_lovense import FakeLovense, hang, http_status
 from sqlalchemy import func, select, text
 
 from models.db import new_session
 from models.ledger import Account, LedgerEntry, books_differences, top_up
+from models.lovense import LovenseActivation, LovenseLink
 from models.menus import Menu, MenuItem
 from models.purchases import Purchase
 from web.cli import create_user
@@ -46,6 +48,10 @@ ROWS_FOR = {
     ("queued", "completed"): {"escrow_hold", "escrow_release"},
     ("queued", "refunded"): {"escrow_hold", "escrow_refund"},
 }
+
+
+TOY = {"enabled": True, "device_type": "vibrator", "intensity": 5, "duration_ms": 500, "timing_offset": 0,
+       "pattern": "steady"}
 
 
 def free_port() -> int:
@@ -123,6 +129,8 @@ class Config:
     worker_kills: int = 4
     redis_restarts: int = 1
     db_kills: int = 2
+    lovense_faults: int = 2
+    queue_actions: float = 0.4  # chance a purchase is followed by a start, complete, reject or cancel
     key_reuse: float = 0.15  # chance a purchase replays an earlier key of the same fan (same or other item)
     quiet_seconds: float = 60
     web_workers: int = 2
@@ -138,13 +146,15 @@ class Report:
     statuses: Counter = field(default_factory=Counter)
     responses: Counter = field(default_factory=Counter)
     anomalies: list = field(default_factory=list)
+    activations: Counter = field(default_factory=Counter)
     seconds: float = 0.0
 
     def line(self) -> str:
         return f"purchases: {self.purchases} faults: {sum(self.faults.values())} anomalies: {len(self.anomalies)}"
 
     def details(self) -> str:
-        return (f"accepted rows: {self.accepted}; states: {dict(self.statuses)}; responses: {dict(self.responses)}; "
+        return (f"accepted rows: {self.accepted}; states: {dict(self.statuses)}; "
+                f"toy activations: {dict(self.activations)}; responses: {dict(self.responses)}; "
                 f"faults: {dict(self.faults)}; {self.seconds:.0f} s")
 
 
@@ -153,6 +163,7 @@ class Cluster:
 
     def __init__(self, database_url: str, cfg: Config):
         self.cfg = cfg
+        self.lovense = FakeLovense()
         self.log_dir = tempfile.mkdtemp(prefix="perfmenu-bank-")
         self.redis_port, self.web_port = free_port(), free_port()
         self.redis = Proc("redis", [shutil.which("redis-server"), "--port", str(self.redis_port), "--bind",
@@ -163,9 +174,17 @@ class Cluster:
             DATABASE_URL=database_url,
             REDIS_URL=f"redis://127.0.0.1:{self.redis_port}/0",
             CELERY_BROKER_URL=f"redis://127.0.0.1:{self.redis_port}/1",
+            LOVENSE_API_URL=self.lovense.url,
             PURCHASE_WAIT_SECONDS="1",
             BROKER_VISIBILITY_TIMEOUT="20",  # a killed worker's unacknowledged tasks come back soon
             QUEUE_CAPACITY="100000",
+            LOVENSE_ENABLED="true",
+            LOVENSE_DEVELOPER_TOKEN="bank-developer-token",
+            LOVENSE_CONNECT_TIMEOUT="1",
+            LOVENSE_READ_TIMEOUT="1.5",  # the fake's hang outlasts it
+            LOVENSE_BACKOFF_SECONDS="0.2",
+            LOVENSE_BACKOFF_MAX_SECONDS="1",
+            LOVENSE_RATE_LIMIT="100000",
         )
         self.env = env
         self.web = Proc("web", [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{self.web_port}",
@@ -180,6 +199,7 @@ class Cluster:
                                    "--without-gossip", "--without-mingle"], self.env, self.log_dir)
 
     def start(self):
+        self.lovense.start()
         self.redis.start()
         wait_port(self.redis_port)
         self.web.start()
@@ -199,6 +219,7 @@ class Cluster:
     def stop(self):
         for p in [self.web, *self.workers, self.redis]:
             p.stop()
+        self.lovense.stop()
 
     # --- faults -------------------------------------------------------------------------------------------
     def kill_worker(self, rng) -> str:
@@ -221,6 +242,14 @@ class Cluster:
         wait_port(self.redis_port)
         return "redis_restart"
 
+    def break_lovense(self, rng) -> str:
+        path = "/api/lan/v2/command"
+        if rng.random() < 0.5:
+            self.lovense.script(path, *[http_status(500)] * 15)
+            return "lovense_fail"
+        self.lovense.script(path, *[hang(3)] * 4)
+        return "lovense_hang"
+
     def kill_db_backends(self, engine) -> str:
         with engine.connect() as conn:
             conn.execute(text(
@@ -233,6 +262,7 @@ class Cluster:
 @dataclass
 class Shop:
     fans: list  # (id, username)
+    models: list  # (id, username)
     items: list  # (menu_id, item_id, queue_mode, token_value)
     issued: int
 
@@ -240,9 +270,12 @@ class Shop:
 def build_shop(cfg: Config, rng: random.Random) -> Shop:
     s = new_session()
     try:
-        fans, items, issued = [], [], 0
+        fans, models, items, issued = [], [], [], 0
         for i in range(cfg.models):
             model = create_user(s, f"bank-model-{uuid.uuid4().hex[:8]}", PASSWORD, "model")
+            models.append((model.id, model.username))
+            s.flush()
+            s.add(LovenseLink(model_id=model.id, uid=str(model.id), toys={}))
             for mode in ("OFF", "ON"):
                 menu = Menu(model_id=model.id, name=f"{mode} menu", queue_mode=mode,
                             queue_order=rng.choice(["priority", "fifo"]))
@@ -252,7 +285,8 @@ def build_shop(cfg: Config, rng: random.Random) -> Shop:
                     price = rng.choice([5, 10, 25, 50, 100])
                     item = MenuItem(menu_id=menu.id, name=f"item {j}", token_value=price,
                                     bonus_loyalty_points=rng.choice([0, 0, 3, 10]), display_order=j,
-                                    max_daily_purchases=rng.choice([None, None, None, 40]))
+                                    max_daily_purchases=rng.choice([None, None, None, 40]),
+                                    lovense_activation=TOY if rng.random() < 0.5 else None)
                     s.add(item)
                     s.flush()
                     items.append((menu.id, item.id, mode, price))
@@ -264,7 +298,7 @@ def build_shop(cfg: Config, rng: random.Random) -> Shop:
             issued += amount
             fans.append((fan.id, fan.username))
         s.commit()
-        return Shop(fans, items, issued)
+        return Shop(fans, models, items, issued)
     finally:
         s.close()
 
@@ -278,9 +312,12 @@ class Client:
         self.http = requests.Session()
         self.tokens = {}
 
-    def token(self, fan):
-        fan_id, username = fan
+    def token(self, user):
+        fan_id, username = user
+        deadline = time.monotonic() + 120
         while fan_id not in self.tokens:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"user {fan_id} cannot log in")
             try:
                 r = self.http.post(self.base_url + "/auth/login", json={"username": username, "password": PASSWORD},
                                    timeout=30)
@@ -310,7 +347,7 @@ class Client:
         fan = self.rng.choice(self.shop.fans)
         menu_id, item_id, _mode, _price = self.rng.choice(self.shop.items)
         keys = used_keys.setdefault(fan[0], [])
-        replay = keys and self.rng.random() < self.key_reuse
+        replay = bool(keys) and self.rng.random() < self.key_reuse
         if replay:
             key, menu_id, item_id = self.rng.choice(keys)
             if self.rng.random() < 0.3:  # same key, another item: must be refused, never a second purchase
@@ -336,6 +373,48 @@ class Client:
         return not replay
 
 
+    def act(self, path, user, body=None):
+        try:
+            r = self.http.post(self.base_url + path, json=body or {}, timeout=60,
+                               headers={"Authorization": f"Bearer {self.token(user)}"})
+            return r.status_code, r.json()
+        except (requests.RequestException, ValueError) as exc:
+            return None, type(exc).__name__
+
+    def queue_action(self, recorder):
+        """A model starts, completes or rejects an entry of its queue, or a fan cancels one of theirs."""
+        if self.rng.random() < 0.7:
+            model = self.rng.choice(self.shop.models)
+            try:
+                r = self.http.get(self.base_url + "/queue", timeout=60,
+                                  headers={"Authorization": f"Bearer {self.token(model)}"})
+            except requests.RequestException:
+                return
+            if r.status_code != 200:
+                recorder.action("queue", r.status_code, r.json() if r.content else None)
+                return
+            entries = r.json()["entries"]
+            if not entries:
+                return
+            busy = [e for e in entries if e["status"] == "in_progress"]
+            if busy:
+                action = "complete" if self.rng.random() < 0.8 else "reject"
+                entry = busy[0]
+            else:
+                action = "start" if self.rng.random() < 0.7 else "reject"
+                entry = entries[0] if action == "start" else self.rng.choice(entries)
+            body = {"reason": self.rng.choice(["cannot_deliver", "unavailable", "other"])} if action == "reject" else {}
+            status, data = self.act(f"/queue/{entry['purchase_id']}/{action}", model, body)
+        else:
+            mine = recorder.queued_sample(self.rng)
+            if mine is None:
+                return
+            pid, fan = mine
+            action = "cancel"
+            status, data = self.act(f"/queue/{pid}/cancel", fan)
+        recorder.action(action, status, data)
+
+
 class Recorder:
     def __init__(self):
         self.lock = threading.Lock()
@@ -343,6 +422,25 @@ class Recorder:
         self.by_key = {}  # (fan_id, key) -> set of purchase ids answered
         self.answered = {}  # purchase id -> last status the client was told
         self.anomalies = []
+        self.queued = {}  # purchase id -> fan, for cancellations
+
+    def queued_sample(self, rng):
+        with self.lock:
+            if not self.queued:
+                return None
+            pid = rng.choice(list(self.queued))
+            return pid, self.queued.pop(pid)
+
+    def action(self, name, status, data):
+        with self.lock:
+            code = data.get("error", {}).get("code") if isinstance(data, dict) and "error" in data else None
+            self.responses[f"{name} {status}{':' + code if code else ''}"] += 1
+            if status is None or status == 503 or status == 409:  # a fault, or the entry moved meanwhile
+                return
+            if status != 200:
+                self.anomalies.append(f"{name} answered {status} {code}")
+                return
+            self.answered[str(data["purchase_id"])] = data["status"]
 
     def __call__(self, fan, key, body, status, data, replay=None):
         with self.lock:
@@ -360,6 +458,8 @@ class Recorder:
                 return
             if pid:
                 self.answered[pid] = data.get("status")
+                if data.get("status") == "queued":
+                    self.queued[pid] = fan
                 if key:
                     self.by_key.setdefault((fan[0], key), set()).add(pid)
 
@@ -370,7 +470,8 @@ class FaultInjector(threading.Thread):
     def __init__(self, cluster: Cluster, engine, cfg: Config, progress, rng):
         super().__init__(daemon=True)
         self.cluster, self.engine, self.cfg, self.progress, self.rng = cluster, engine, cfg, progress, rng
-        plan = (["worker"] * cfg.worker_kills + ["redis"] * cfg.redis_restarts + ["db"] * cfg.db_kills)
+        plan = (["worker"] * cfg.worker_kills + ["redis"] * cfg.redis_restarts + ["db"] * cfg.db_kills
+                + ["lovense"] * cfg.lovense_faults)
         rng.shuffle(plan)
         self.plan = [(int(cfg.purchases * (i + 1) / (len(plan) + 1)), f) for i, f in enumerate(plan)]
         self.done = Counter()
@@ -386,6 +487,8 @@ class FaultInjector(threading.Thread):
             try:
                 if fault == "worker":
                     self.done[self.cluster.kill_worker(self.rng)] += 1
+                elif fault == "lovense":
+                    self.done[self.cluster.break_lovense(self.rng)] += 1
                 elif fault == "redis":
                     self.done[self.cluster.restart_redis()] += 1
                 else:
@@ -419,6 +522,8 @@ def run(database_engine, cfg: Config, log=print) -> Report:
             if not client.buy(used_keys):
                 with lock:
                     sent[0] -= 1  # a replay is not a new purchase
+            if client.rng.random() < cfg.queue_actions:
+                client.queue_action(recorder)
             report.purchases = sent[0]
 
     injector = FaultInjector(cluster, database_engine, cfg, lambda: sent[0], rng)
@@ -436,8 +541,9 @@ def run(database_engine, cfg: Config, log=print) -> Report:
         for err in injector.errors:
             log(f"fault injection error: {err}")
         log(f"load done in {time.monotonic() - started:.0f} s; quiet period")
-        _quiesce(cluster, cfg)
+        _quiesce(cluster, cfg, log)
         _check(report, shop, recorder)
+        report.anomalies.extend(queue_differences(cluster))
     finally:
         cluster.stop()
         report.seconds = time.monotonic() - started
@@ -449,24 +555,37 @@ def run(database_engine, cfg: Config, log=print) -> Report:
 
 
 def _pending_count() -> int:
+    """Purchases not settled yet plus toy activations not finished yet."""
     s = new_session()
     try:
-        return s.scalar(select(func.count()).select_from(Purchase).where(Purchase.status == "pending"))
+        return (s.scalar(select(func.count()).select_from(Purchase).where(Purchase.status == "pending"))
+                + s.scalar(select(func.count()).select_from(LovenseActivation)
+                           .where(LovenseActivation.status == "pending")))
     finally:
         s.close()
 
 
-def _quiesce(cluster: Cluster, cfg: Config) -> None:
-    """Every process back up, then wait for the workers; then beat's pending sweep for what they lost."""
-    from worker.tasks import settle
+BEAT_JOBS = ("from worker.tasks import settle, sweep_deadlines, reconcile; "
+             "print('swept', settle(), 'refunded', sweep_deadlines(), 'queues', reconcile())")
 
+
+def beat_jobs(cluster: Cluster) -> str:
+    """Beat's jobs (pending sweep, escrow deadlines, queue reconciliation), run once in the cluster's setup."""
+    out = subprocess.run([sys.executable, "-c", BEAT_JOBS], cwd=ROOT, env=cluster.env, capture_output=True,
+                         text=True, timeout=300)
+    if out.returncode:
+        raise RuntimeError(f"beat jobs failed: {out.stderr[-2000:]}")
+    return out.stdout.strip()
+
+
+def _quiesce(cluster: Cluster, cfg: Config, log) -> None:
+    """Every process back up, then wait for the workers; when they stop making progress, run beat's jobs
+    (the pending sweep is the safety net for lost hand-offs and messages: a Redis restart empties the broker)."""
     for w in cluster.workers:
         if not w.alive():
             w.start()
     if not cluster.redis.alive():
         cluster.restart_redis()
-    # Wait for the workers; when they stop making progress, run beat's pending sweep (the safety net for lost
-    # hand-offs and messages: a Redis restart empties the broker) as beat would, sooner.
     deadline = time.monotonic() + cfg.quiet_seconds
     last, still = _pending_count(), 0
     while last and time.monotonic() < deadline:
@@ -474,10 +593,37 @@ def _quiesce(cluster: Cluster, cfg: Config) -> None:
         now = _pending_count()
         still = still + 1 if now == last else 0
         if still >= 6:
-            settle(older_than=None)
+            log("beat: " + beat_jobs(cluster))
             still = 0
         last = now
-    settle(older_than=None)
+    log("beat: " + beat_jobs(cluster))
+
+
+def queue_differences(cluster: Cluster) -> list[str]:
+    """Every model's Redis queue against its open entries in the database, member by member and in order."""
+    import redis as redis_lib
+
+    from worker.queue import KEY_PREFIX, member, open_entries
+
+    r = redis_lib.Redis(port=cluster.redis_port, decode_responses=True)
+    diffs = []
+    s = new_session()
+    try:
+        model_ids = {str(m) for m in s.scalars(select(Purchase.model_id).distinct())}
+        model_ids |= {k[len(KEY_PREFIX):].split(":", 1)[0] for k in r.scan_iter(match=KEY_PREFIX + "*")}
+        for model_id in sorted(model_ids):
+            wanted = [member(p) for p in open_entries(s, uuid.UUID(model_id))]
+            actual = r.zrange(KEY_PREFIX + model_id, 0, -1)
+            if actual != wanted:
+                diffs.append(f"queue of model {model_id}: redis {len(actual)} entries, database {len(wanted)}"
+                             f" (or another order)")
+            durations = set(r.hkeys(f"{KEY_PREFIX}{model_id}:durations"))
+            if durations != set(wanted):
+                diffs.append(f"queue durations of model {model_id} differ from the database")
+    finally:
+        s.close()
+        r.close()
+    return diffs
 
 
 def _check(report: Report, shop: Shop, recorder: Recorder) -> None:
@@ -533,6 +679,19 @@ def _check(report: Report, shop: Shop, recorder: Recorder) -> None:
         issued = s.scalar(select(func.coalesce(func.sum(LedgerEntry.amount), 0)).where(LedgerEntry.kind == "top_up"))
         if not (held == issued == shop.issued):
             anomalies.append(f"tokens held {held}, issued by the ledger {issued}, issued by the test {shop.issued}")
+        activations = {str(a.purchase_id): a for a in s.scalars(select(LovenseActivation))}
+        report.activations = Counter(a.status for a in activations.values())
+        for pid, a in activations.items():
+            if a.status == "pending":
+                anomalies.append(f"activation of {pid} left pending")
+            if a.status == "failed" and not a.last_error:
+                anomalies.append(f"activation of {pid} failed without an error")
+        for pid, p in purchases.items():
+            toy = isinstance(p.lovense_activation, dict) and p.lovense_activation.get("enabled") is True
+            started = p.status == "completed" and (p.transaction_type == "immediate" or p.started_at is not None) \
+                or p.started_at is not None
+            if toy and started and pid not in activations:
+                anomalies.append(f"purchase {pid} ({p.transaction_type}, {p.status}) never had its toy activation")
         negative = s.scalar(select(func.count()).select_from(Account)
                             .where(Account.balance < 0, Account.kind.not_in(("token_issuer", "points_issuer"))))
         if negative:

