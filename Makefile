@@ -48,6 +48,12 @@ bench: install
 	$(BIN)/python -c 'import aiohttp' 2>/dev/null || $(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python -m bench.run
 
+# The long proofs (pytest marker `slow`): the bank test at 10,000 purchases under >= 24 worker kills, 3 Redis
+# restarts, 10 database backend kills and Lovense failures, then the long fuzz run. Ends with the line
+# `purchases: N faults: F anomalies: A`. Sizes: BANK_PURCHASES, BANK_WORKER_KILLS, ... (tests/test_bank.py).
+proof: install
+	$(BIN)/python -m pytest -s -m slow tests/test_fuzz.py tests/test_bank.py $(PYTEST_ARGS)
+
 check-books: install
 	$(FLASK) check-books
 
