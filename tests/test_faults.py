@@ -61,3 +61,19 @@ def test_database_connection_killed_mid_request_is_503_with_the_envelope_then_re
     # The client's retry with the same key is served normally (the pool replaces the dead connection).
     retry = app.test_client().post("/menu/purchase", json=body, headers=headers)
     assert retry.status_code in (200, 202), retry.get_json()
+
+
+def test_connection_killed_before_teardown_does_not_break_the_response(app, database):
+    """Found by the bank test: the teardown's rollback on a terminated backend raised out of Flask and
+    gunicorn answered a bare 500 (no envelope) for a request that had already been answered."""
+    from web.deps import close_db, db
+
+    with app.app_context():
+        session = db()
+        pid = session.execute(text("SELECT pg_backend_pid()")).scalar()  # a transaction is open now
+        with get_engine().connect() as conn:
+            conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        time.sleep(0.2)
+        close_db()  # must not raise
+    with get_engine().connect() as conn:  # the pool still serves working connections
+        assert conn.execute(text("SELECT 1")).scalar() == 1
