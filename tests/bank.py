@@ -565,8 +565,10 @@ def _pending_count() -> int:
         s.close()
 
 
-BEAT_JOBS = ("from worker.tasks import settle, sweep_deadlines, reconcile; "
-             "print('swept', settle(), 'refunded', sweep_deadlines(), 'queues', reconcile())")
+BEAT_JOBS = ("from datetime import timedelta; from models.types import utcnow; "
+             "from worker.tasks import settle, sweep_deadlines, reconcile, sweep_activations; "
+             "print('swept', settle(), 'refunded', sweep_deadlines(), 'queues', reconcile(), "
+             "'toys asked again', sweep_activations(utcnow() + timedelta(minutes=1)))")
 
 
 def beat_jobs(cluster: Cluster) -> str:
@@ -597,6 +599,10 @@ def _quiesce(cluster: Cluster, cfg: Config, log) -> None:
             still = 0
         last = now
     log("beat: " + beat_jobs(cluster))
+    time.sleep(2)  # what beat asked for again (toy activations) gets picked up
+    deadline = time.monotonic() + 60
+    while _pending_count() and time.monotonic() < deadline:
+        time.sleep(0.5)
 
 
 def queue_differences(cluster: Cluster) -> list[str]:

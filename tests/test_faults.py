@@ -77,3 +77,35 @@ def test_connection_killed_before_teardown_does_not_break_the_response(app, data
         close_db()  # must not raise
     with get_engine().connect() as conn:  # the pool still serves working connections
         assert conn.execute(text("SELECT 1")).scalar() == 1
+
+
+def test_toy_activation_whose_task_was_lost_is_asked_again_by_the_sweep(client, factory, celery_worker):
+    """Found by the bank test: a Redis restart empties the broker, and a completed purchase's toy activation
+    task was gone for good (no row, nothing to retry). Beat's activation sweep asks again."""
+    from datetime import timedelta
+
+    from test_lovense import TEASE_LOW, pair, wait_activation
+
+    from models.settings import get_settings
+    from worker.settlement import settle_pending
+    from worker.tasks import sweep_activations
+
+    fan, model = factory.user("fan", tokens=100), factory.user("model")
+    pair(client, model)
+    menu = factory.menu(model, items=[TEASE_LOW])
+    item = menu.created_items[0]
+    s = new_session()
+    try:
+        now = utcnow()
+        p = Purchase(fan_id=fan.id, model_id=model.id, menu_id=menu.id, item_id=item.id, item_name=item.name,
+                     token_value=item.token_value, loyalty_points=0, lovense_activation=item.lovense_activation,
+                     transaction_type="immediate", purchase_day=now.date(), created_at=now)
+        s.add(p)
+        s.commit()
+        settle_pending(s, get_settings(), [p.id])  # settled, but the follow-up (activation task) was lost
+        purchase_id = p.id
+    finally:
+        s.close()
+    assert sweep_activations(utcnow() + timedelta(minutes=1)) == 1
+    assert wait_activation(purchase_id).status == "sent"
+    assert sweep_activations(utcnow() + timedelta(minutes=1)) == 0  # nothing asked twice once it is done

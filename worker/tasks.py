@@ -8,11 +8,11 @@ from datetime import timedelta
 
 from .celery_app import celery
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 
 from models.db import session_scope
 from models.ledger import lock_accounts
-from models.lovense import activation_enabled
+from models.lovense import LovenseActivation, activation_enabled
 from models.purchases import OPEN_QUEUE_STATUSES, Purchase
 from models.settings import get_settings
 from models.types import utcnow
@@ -139,6 +139,40 @@ def reconcile() -> dict:
 @celery.task(name="perfmenu.reconcile_queues")
 def reconcile_queues() -> dict:
     return reconcile()
+
+
+ACTIVATION_SWEEP_GRACE = timedelta(seconds=30)
+ACTIVATION_SWEEP_WINDOW = timedelta(days=1)
+
+
+def sweep_activations(now=None) -> int:
+    """Beat's safety net for toy activations whose task was lost (a Redis restart empties the broker): ask
+    again for every recent purchase that should have one and has no row, or whose pending row's lease ran out.
+    Asking twice is safe: one activation per purchase, and a claimed row is left to its task."""
+    now = now or utcnow()
+    with session_scope() as session:
+        missing = session.scalars(
+            select(Purchase)
+            .outerjoin(LovenseActivation, LovenseActivation.purchase_id == Purchase.id)
+            .where(LovenseActivation.id.is_(None),
+                   or_(Purchase.status == "completed", Purchase.started_at.is_not(None)),
+                   Purchase.created_at > now - ACTIVATION_SWEEP_WINDOW,
+                   Purchase.created_at < now - ACTIVATION_SWEEP_GRACE)
+        ).all()
+        due = [p.id for p in missing if activation_enabled(p.lovense_activation)]
+        due += list(session.scalars(
+            select(LovenseActivation.purchase_id).where(
+                LovenseActivation.status == "pending",
+                or_(LovenseActivation.locked_until.is_(None), LovenseActivation.locked_until < now - ACTIVATION_SWEEP_GRACE))
+        ))
+    for purchase_id in due:
+        request_activation(purchase_id)
+    return len(due)
+
+
+@celery.task(name="perfmenu.sweep_activations")
+def sweep_activations_task() -> int:
+    return sweep_activations()
 
 
 @celery.task(name="perfmenu.activate_toy")
