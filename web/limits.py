@@ -39,6 +39,9 @@ def purchase_limit() -> str:
 
 def fan_key() -> str:
     """The signed-in user's id (a request without a valid token is limited by address, then refused)."""
-    verify_jwt_in_request(optional=True)
-    identity = get_jwt_identity()
+    try:
+        identity = get_jwt_identity()  # already verified by role_required: don't decode the token twice
+    except RuntimeError:
+        verify_jwt_in_request(optional=True)
+        identity = get_jwt_identity()
     return f"user:{identity}" if identity else f"addr:{get_remote_address()}"
