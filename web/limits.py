@@ -21,8 +21,10 @@ def init_limiter(app, settings) -> None:
     @app.after_request
     def _retry_after_only_on_429(response):
         # Registered before the limiter's own hook, so it runs after it: Flask-Limiter sets Retry-After on
-        # every limited response; keep it where it means something.
-        if response.status_code != 429:
+        # every limited response; keep it only on a 429, and on a 503 (a backing service blip) say "1 second".
+        if response.status_code == 503:
+            response.headers["Retry-After"] = "1"
+        elif response.status_code != 429:
             response.headers.pop("Retry-After", None)
         return response
 
