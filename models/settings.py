@@ -87,6 +87,7 @@ class Settings:
     pending_sweep_interval_seconds: int = 15
     escrow_sweep_interval_seconds: int = 60
     queue_reconcile_interval_seconds: int = 300
+    activation_sweep_interval_seconds: int = 60
     # If set, GET /metrics requires `Authorization: Bearer <METRICS_TOKEN>`.
     metrics_token: str = field(default="", repr=False)
     log_level: str = "INFO"
@@ -152,6 +153,7 @@ class Settings:
             pending_sweep_interval_seconds=_positive(env, "PENDING_SWEEP_INTERVAL_SECONDS", 15),
             escrow_sweep_interval_seconds=_positive(env, "ESCROW_SWEEP_INTERVAL_SECONDS", 60),
             queue_reconcile_interval_seconds=_positive(env, "QUEUE_RECONCILE_INTERVAL_SECONDS", 300),
+            activation_sweep_interval_seconds=_positive(env, "ACTIVATION_SWEEP_INTERVAL_SECONDS", 60),
             metrics_token=env.get("METRICS_TOKEN") or "",
             log_level=(env.get("LOG_LEVEL") or "INFO").upper(),
             trusted_proxies=_number(env, "TRUSTED_PROXIES", 0),

@@ -63,9 +63,11 @@ class FakeLovense:
             if default is not None:
                 self._default[path] = default
 
-    def commands(self) -> list[dict]:
+    def commands(self, uid=None) -> list[dict]:
+        """Commands received, or only those for one Lovense uid (a late retry of an earlier test may arrive)."""
         with self._lock:
-            return [r["json"] for r in self.requests if r["path"] == "/api/lan/v2/command"]
+            return [r["json"] for r in self.requests if r["path"] == "/api/lan/v2/command"
+                    and (uid is None or (r["json"] or {}).get("uid") == str(uid))]
 
     def wait_for(self, predicate, timeout: float = 15.0):
         deadline = time.monotonic() + timeout

@@ -218,7 +218,7 @@ def test_task_delivered_several_times_sends_one_command(client, factory, fake_lo
     row = wait_activation(purchase_id)
     time.sleep(1.0)
     assert row.status == "sent"
-    assert len(fake_lovense.commands()) == 1
+    assert len(fake_lovense.commands(uid=model.id)) == 1
     assert activation(purchase_id).attempts == 1
     assert get_purchase(purchase_id).status == "completed"
 

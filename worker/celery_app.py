@@ -42,6 +42,7 @@ def beat_schedule(settings) -> dict:
         "sweep-pending": ("perfmenu.sweep_pending", settings.pending_sweep_interval_seconds),
         "sweep-escrow-deadlines": ("perfmenu.sweep_escrow_deadlines", settings.escrow_sweep_interval_seconds),
         "reconcile-queues": ("perfmenu.reconcile_queues", settings.queue_reconcile_interval_seconds),
+        "sweep-activations": ("perfmenu.sweep_activations", settings.activation_sweep_interval_seconds),
     }
     # A run not picked up before the next one is due expires: a stopped worker does not come back to a pile.
     return {
