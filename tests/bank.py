@@ -598,11 +598,16 @@ def _quiesce(cluster: Cluster, cfg: Config, log) -> None:
             log("beat: " + beat_jobs(cluster))
             still = 0
         last = now
-    log("beat: " + beat_jobs(cluster))
-    time.sleep(2)  # what beat asked for again (toy activations) gets picked up
-    deadline = time.monotonic() + 60
-    while _pending_count() and time.monotonic() < deadline:
-        time.sleep(0.5)
+    # Beat keeps running its jobs: a toy activation whose task died with a worker or a Redis restart is
+    # claimed until its lease runs out (about 31 s here), and only then can the sweep's new request take it.
+    deadline = time.monotonic() + 90
+    while True:
+        log("beat: " + beat_jobs(cluster))
+        waited = time.monotonic() + 5
+        while _pending_count() and time.monotonic() < waited:
+            time.sleep(0.5)
+        if not _pending_count() or time.monotonic() > deadline:
+            break
 
 
 def queue_differences(cluster: Cluster) -> list[str]:

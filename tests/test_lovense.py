@@ -126,6 +126,27 @@ def test_queue_on_item_activates_when_the_model_starts_it(client, factory, fake_
     assert_books_balance()
 
 
+def test_entry_refunded_before_its_lost_activation_ran_is_skipped_not_left_pending(client, factory, fake_lovense):
+    # Found by the bank test: the model starts an entry, the activation task claims its row and dies with its
+    # worker; the model rejects the entry; when the sweep asks again, the row must be finished, not left pending.
+    fan = factory.user("fan", tokens=1000)
+    model, menu = paired_model_with(client, factory, CONTROL_5_MIN, queue_mode="ON", visibility="public")
+    purchase_id = buy(client, factory, fan, menu, menu.created_items[0])
+    s = new_session()
+    try:
+        s.add(LovenseActivation(purchase_id=purchase_id, model_id=model.id))  # what the dead task left behind
+        s.commit()
+    finally:
+        s.close()
+    assert client.post(f"/queue/{purchase_id}/reject", json={"reason": "other"},
+                       headers=factory.headers(model)).status_code == 200
+    assert activations.run(purchase_id).status == "skipped"
+    row = activation(purchase_id)
+    assert (row.status, row.last_error, row.attempts) == ("skipped", "purchase_refunded", 0)
+    assert fake_lovense.commands(uid=model.id) == []
+    assert_books_balance()
+
+
 def test_503_then_507_then_200_is_one_activation_after_retries(client, factory, fake_lovense):
     fan = factory.user("fan", tokens=100)
     model, menu = paired_model_with(client, factory, TEASE_LOW)

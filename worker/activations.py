@@ -163,13 +163,17 @@ def run(purchase_id, claim: str | None = None) -> Next:
         purchase = session.get(Purchase, purchase_id)
         if purchase is None or not activation_enabled(purchase.lovense_activation):
             return Next("none")
-        if purchase.status not in ACTIVATABLE_STATUSES:
-            return Next("none")
-        _ensure_row(session, purchase)
+        activatable = purchase.status in ACTIVATABLE_STATUSES
+        if activatable:
+            _ensure_row(session, purchase)
         token = _claim(session, purchase_id, claim, lease)
         session.commit()
         if token is None:
-            return Next("duplicate")  # another delivery owns it, or it is already done
+            # Another delivery owns it, it is already done, or (not activatable) there is no row to finish.
+            return Next("duplicate" if activatable else "none")
+        if not activatable:
+            # Refunded after the model started it, before the toy was reached: never buzz, never leave it pending.
+            return _finish(purchase_id, token, "skipped", f"purchase_{purchase.status}")
         row = session.scalar(select(LovenseActivation).where(LovenseActivation.purchase_id == purchase_id))
         link = session.get(LovenseLink, purchase.model_id)
         model_id, spec, attempts = purchase.model_id, purchase.lovense_activation, row.attempts
