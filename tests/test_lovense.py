@@ -147,6 +147,19 @@ def test_entry_refunded_before_its_lost_activation_ran_is_skipped_not_left_pendi
     assert_books_balance()
 
 
+def test_entry_refunded_after_start_before_its_activation_ran_has_a_skipped_record(client, factory, fake_lovense):
+    # Found by the bank test: started, then rejected before the activation task ran (its 1 s offset).
+    fan = factory.user("fan", tokens=1000)
+    model, menu = paired_model_with(client, factory, CONTROL_5_MIN, queue_mode="ON", visibility="public")
+    purchase_id = buy(client, factory, fan, menu, menu.created_items[0])
+    headers = factory.headers(model)
+    assert client.post(f"/queue/{purchase_id}/start", headers=headers).status_code == 200
+    assert client.post(f"/queue/{purchase_id}/reject", json={"reason": "other"}, headers=headers).status_code == 200
+    row = wait_activation(purchase_id)
+    assert (row.status, row.last_error) == ("skipped", "purchase_refunded")
+    assert fake_lovense.commands(uid=model.id) == []
+
+
 def test_503_then_507_then_200_is_one_activation_after_retries(client, factory, fake_lovense):
     fan = factory.user("fan", tokens=100)
     model, menu = paired_model_with(client, factory, TEASE_LOW)

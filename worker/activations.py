@@ -164,8 +164,8 @@ def run(purchase_id, claim: str | None = None) -> Next:
         if purchase is None or not activation_enabled(purchase.lovense_activation):
             return Next("none")
         activatable = purchase.status in ACTIVATABLE_STATUSES
-        if activatable:
-            _ensure_row(session, purchase)
+        if activatable or purchase.started_at is not None:
+            _ensure_row(session, purchase)  # a started entry refunded since gets a row too, finished as skipped
         token = _claim(session, purchase_id, claim, lease)
         session.commit()
         if token is None:
