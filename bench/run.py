@@ -43,6 +43,9 @@ ENV = dict(
     JWT_SECRET_KEY="bench-only-secret-" + "x" * 32,
     JWT_ACCESS_MINUTES="30",
     QUEUE_CAPACITY=str(10 * QUEUE_ENTRIES),  # the queue-ON intake phase must not stop at the default 50
+    # The limiter stays in the path (its Redis round trip is part of intake) but must not refuse: 200 fans
+    # buy far more than the default 30 a minute each.
+    RATE_LIMIT_PURCHASE="1000000 per minute",
     LOVENSE_ENABLED="false",
     WEB_PORT=str(PORT),
     WEB_BIND="127.0.0.1",
@@ -399,16 +402,18 @@ def main():
         m = data["menus"][mode]
         return [{"menu_id": m["menu_id"], "item_id": m["item_id"]}]
 
-    # Ceiling 1: echo on the same gunicorn configuration.
-    echo = start_web("bench.echo_app:app")
-    try:
-        loadgen({"url": f"http://127.0.0.1:{PORT}/", "duration": 1, "connections": CONNECTIONS})
-        r = loadgen({"url": f"http://127.0.0.1:{PORT}/", "duration": SECONDS, "connections": CONNECTIONS,
-                     "bodies": purchase_bodies("OFF"), "tokens": data["tokens"][:1]})
-        results["echo_rps"] = r["ok_per_s"]
-        log(f"echo: {r}")
-    finally:
-        echo.stop()
+    # Ceiling 1: echo on the same gunicorn configuration, as a one-route Flask app (echo_rps, the ceiling the
+    # intake target is judged against, as in the reference figure) and as a bare WSGI callable.
+    for key, module in (("echo_rps", "bench.echo_app:flask_app"), ("echo_wsgi_rps", "bench.echo_app:app")):
+        echo = start_web(module)
+        try:
+            loadgen({"url": f"http://127.0.0.1:{PORT}/", "duration": 1, "connections": CONNECTIONS})
+            r = loadgen({"url": f"http://127.0.0.1:{PORT}/", "duration": SECONDS, "connections": CONNECTIONS,
+                         "bodies": purchase_bodies("OFF"), "tokens": data["tokens"][:1]})
+            results[key] = r["ok_per_s"]
+            log(f"{module}: {r}")
+        finally:
+            echo.stop()
 
     # Ceiling 2: the settlement-shaped transaction, one client per settling worker process.
     results["sql_ceiling_tps"] = sql_ceiling(WORKER_CONCURRENCY)
@@ -494,8 +499,9 @@ def ratio(a, b):
 
 def report(res):
     rows = [
-        ("intake Queue OFF (req/s)", res["intake_off_rps"], "echo", res["echo_rps"], ">= 0.35"),
-        ("intake Queue ON (req/s)", res["intake_on_rps"], "echo", res["echo_rps"], ">= 0.35"),
+        ("intake Queue OFF (req/s)", res["intake_off_rps"], "Flask echo", res["echo_rps"], ">= 0.35"),
+        ("intake Queue ON (req/s)", res["intake_on_rps"], "Flask echo", res["echo_rps"], ">= 0.35"),
+        ("intake, the lower of the two (req/s)", res["intake_rps"], "bare WSGI echo", res["echo_wsgi_rps"], ""),
         (f"settlement from backlog of {res['settle_backlog']} (/s)", res["settle_tps"], "SQL txn TPS",
          res["sql_ceiling_tps"], ">= 0.5"),
         ("settlement (/s)", res["settle_tps"], "Celery no-op tasks/s", res["celery_noop_tps"], ""),

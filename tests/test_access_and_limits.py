@@ -117,6 +117,20 @@ def test_expired_token_is_refused(client, factory):
     assert r.status_code == 401 and r.json["error"]["code"] == "token_expired"
 
 
+def test_a_token_already_accepted_is_refused_once_it_expires(client, factory):
+    # web/auth.py remembers verified tokens; expiry must still be checked on every request.
+    fan = factory.user("fan")
+    headers = factory.headers(fan)
+    assert client.get("/wallet", headers=headers).status_code == 200
+    assert client.get("/wallet", headers=headers).status_code == 200
+    with time_machine.travel(datetime.now(timezone.utc) + timedelta(hours=2)):
+        r = client.get("/wallet", headers=headers)
+    assert r.status_code == 401 and r.json["error"]["code"] == "token_expired"
+    tampered = headers["Authorization"][:-2] + ("AA" if not headers["Authorization"].endswith("AA") else "BB")
+    r = client.get("/wallet", headers={"Authorization": tampered})
+    assert r.status_code == 401 and r.json["error"]["code"] == "invalid_token"
+
+
 def test_bad_input_gets_clear_4xx_and_writes_nothing(client, factory):
     fan, model = factory.user("fan", tokens=100), factory.user("model")
     menu = factory.menu(model)

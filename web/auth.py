@@ -1,9 +1,11 @@
 """Login, refresh, and the role checks every other endpoint uses."""
 from __future__ import annotations
 
+import time
 import uuid
 from functools import wraps
 
+from flask import current_app
 from flask_jwt_extended import (
     JWTManager,
     create_access_token,
@@ -25,7 +27,31 @@ from .errors import ApiError, error_response
 from .limits import limiter, login_limit
 
 blp = Blueprint("auth", __name__, url_prefix="/auth", description="Log in and refresh tokens")
-jwt = JWTManager()
+
+
+class CachingJWTManager(JWTManager):
+    """Remembers tokens whose signature it has verified, so a fan's next request skips PyJWT's decode (a
+    large share of a purchase's CPU, measured in bench/). The key is the whole token, signature included;
+    expiry is checked on every use, and an expired token goes through the full decode to get its usual
+    error. Blocklist, type and freshness checks run after this, on every request, as before."""
+
+    MAX_TOKENS = 10_000
+
+    def _decode_jwt_from_config(self, encoded_token, csrf_value=None, allow_expired=False):
+        verified = current_app.extensions.setdefault("perfmenu_verified_tokens", {})  # per app: per secret
+        key = (encoded_token, csrf_value)
+        claims = verified.get(key)
+        if claims is not None and (allow_expired or claims.get("exp", float("inf")) > time.time()):
+            return dict(claims)
+        claims = super()._decode_jwt_from_config(encoded_token, csrf_value, allow_expired)
+        if not allow_expired:
+            if len(verified) >= self.MAX_TOKENS:
+                verified.clear()  # simpler than LRU bookkeeping; refills within seconds
+            verified[key] = claims
+        return dict(claims)
+
+
+jwt = CachingJWTManager()
 
 
 class LoginRequest(Schema):

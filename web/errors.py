@@ -8,6 +8,8 @@ from flask import jsonify
 from sqlalchemy.exc import DataError, OperationalError
 from werkzeug.exceptions import HTTPException
 
+from .limits import retry_after_seconds
+
 log = logging.getLogger(__name__)
 
 _CODE_FOR_STATUS = {
@@ -65,8 +67,8 @@ def _http_error(exc: HTTPException):
     for name, value in exc.get_headers():  # e.g. `Allow` on a 405 (RFC 9110)
         if name.lower() != "content-type":
             response.headers[name] = value
-    if status == 429 and exc.response is not None and exc.response.headers.get("Retry-After"):
-        response.headers["Retry-After"] = exc.response.headers["Retry-After"]
+    if status == 429:
+        response.headers["Retry-After"] = str(retry_after_seconds())
     return response, status
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from flask import request, url_for
 from flask_smorest import Blueprint
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, literal, select
 from sqlalchemy.exc import IntegrityError
 
 from models.ledger import Account
@@ -101,16 +101,33 @@ def _settled_response(session, purchase: Purchase):
     return body, 200
 
 
-def load_for_intake(session, menu_id, item_id, fan_id):
-    """The menu, the item (None unless on that menu) and the fan's wallet balance, in one round trip. The
-    menu and the item stay in the session's identity map, so session.get answers them without a query."""
-    balance = select(Account.balance).where(Account.owner_id == fan_id, Account.kind == "wallet").scalar_subquery()
-    row = session.execute(
-        select(Menu, MenuItem, balance)
-        .outerjoin(MenuItem, (MenuItem.id == item_id) & (MenuItem.menu_id == Menu.id))
-        .where(Menu.id == menu_id)
-    ).first()
-    return row if row is not None else (None, None, None)
+# Built once (the operator overloading of building it costs more than running it): the id of the fan's
+# purchase already made with this idempotency key (None if none or no key), the menu (None if missing), the
+# item (None unless on that menu) and the fan's wallet balance, in one round trip; the one-row FROM keeps the
+# id and the balance when the menu is missing.
+_INTAKE_QUERY = (
+    select(
+        select(Purchase.id)
+        .where(Purchase.fan_id == bindparam("fan_id"), Purchase.idempotency_key == bindparam("key"))
+        .scalar_subquery(),
+        Menu,
+        MenuItem,
+        select(Account.balance)
+        .where(Account.owner_id == bindparam("fan_id"), Account.kind == "wallet")
+        .scalar_subquery(),
+    )
+    .select_from(select(literal(1).label("one")).subquery())
+    .outerjoin(Menu, Menu.id == bindparam("menu_id"))
+    .outerjoin(MenuItem, (MenuItem.id == bindparam("item_id")) & (MenuItem.menu_id == Menu.id))
+)
+
+
+def load_for_intake(session, menu_id, item_id, fan_id, key):
+    """(existing purchase id, menu, item, wallet balance): see _INTAKE_QUERY. The menu and the item stay in the
+    session's identity map, so session.get answers them without a query."""
+    return session.execute(
+        _INTAKE_QUERY, {"fan_id": fan_id, "key": key, "menu_id": menu_id, "item_id": item_id}
+    ).one()
 
 
 def _replay(session, purchase: Purchase, body):
@@ -139,21 +156,19 @@ def create_purchase(body):
 
     Send an `Idempotency-Key` header (or `idempotency_key` in the body) to make retries safe.
     Rate limited per fan (RATE_LIMIT_PURCHASE)."""
-    session = db()
     settings = get_settings()
     fan_id = current_user_id()
     key = request.headers.get("Idempotency-Key") or body.get("idempotency_key")
     if key is not None and not 1 <= len(key) <= 128:
         raise ApiError(422, "invalid_request", "The idempotency key must be 1 to 128 characters")
-    if key:
-        # The id only (cheap when, as usual, there is none); the purchase is loaded for a replay.
-        existing_id = session.scalar(
-            select(Purchase.id).where(Purchase.fan_id == fan_id, Purchase.idempotency_key == key)
-        )
-        if existing_id is not None:
-            return _replay(session, session.get(Purchase, existing_id), body)
+    session = db()
+    # Intake only reads (prechecks the worker repeats under lock) and inserts one row: in autocommit that
+    # costs no BEGIN and no COMMIT round trip, and the UNIQUE (fan, key) still settles an idempotency race.
+    session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
 
-    _menu, item, balance = load_for_intake(session, body["menu_id"], body["item_id"], fan_id)
+    existing_id, _menu, item, balance = load_for_intake(session, body["menu_id"], body["item_id"], fan_id, key)
+    if existing_id is not None:
+        return _replay(session, session.get(Purchase, existing_id), body)
     menu = load_visible_menu(session, body["menu_id"])
     if item is None:
         raise ApiError(404, "not_found", "No such item on this menu")
