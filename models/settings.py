@@ -65,6 +65,7 @@ class Settings:
     day_time_zone: str = "UTC"
     purchase_wait_seconds: float = 1.5  # how long POST /menu/purchase waits for the worker's verdict
     settle_batch_size: int = 100
+    settle_linger_seconds: float = 0.5  # an idle settle task waits this long for the next purchase before ending
     queue_capacity: int = 50
     history_max_limit: int = 100
     broker_visibility_timeout: int = 300
@@ -133,6 +134,7 @@ class Settings:
             day_time_zone=tz,
             purchase_wait_seconds=_number(env, "PURCHASE_WAIT_SECONDS", 1.5, float),
             settle_batch_size=_number(env, "SETTLE_BATCH_SIZE", 100),
+            settle_linger_seconds=min(2.0, _number(env, "SETTLE_LINGER_SECONDS", 0.5, float)),
             queue_capacity=_number(env, "QUEUE_CAPACITY", 50),
             history_max_limit=_number(env, "HISTORY_MAX_LIMIT", 100),
             broker_visibility_timeout=_number(env, "BROKER_VISIBILITY_TIMEOUT", 300),

@@ -67,6 +67,7 @@ from models.menus import Menu, MenuItem  # noqa: E402
 from models.purchases import Purchase  # noqa: E402
 from models.schema import upgrade_head  # noqa: E402
 from web import create_app  # noqa: E402
+from worker.handoff import SCHEDULED_KEY  # noqa: E402
 from models.users import create_user  # noqa: E402
 
 
@@ -158,7 +159,11 @@ def fake_lovense():
 
 @pytest.fixture(autouse=True)
 def clean_state(request, redis_client):
-    """Every test starts with empty tables and an empty application Redis database."""
+    """Every test starts with empty tables and an empty application Redis database, and with no settle task of
+    an earlier test still lingering (it holds the scheduled flag while it waits for more purchases)."""
+    deadline = time.monotonic() + 10
+    while redis_client.exists(SCHEDULED_KEY) and time.monotonic() < deadline:
+        time.sleep(0.02)
     if "database" in request.fixturenames or "app" in request.fixturenames:
         engine = request.getfixturevalue("database")
         tables = ", ".join(t.name for t in Base.metadata.sorted_tables)
@@ -267,6 +272,22 @@ def wait_settled(client, headers, purchase_id, timeout=15.0) -> dict:
         assert r.status_code == 200, r.json
         if r.json["status"] != "pending" or time.monotonic() > deadline:
             return r.json
+        time.sleep(0.05)
+
+
+def settle_tasks_running() -> int:
+    """Settle tasks the test worker is running now (one may linger after a purchase: worker/handoff.py)."""
+    from worker.celery_app import celery
+
+    active = celery.control.inspect(timeout=2, limit=1).active() or {}
+    return sum(t["name"] == "perfmenu.settle_purchases" for tasks in active.values() for t in tasks)
+
+
+def wait_for_idle_settlement(timeout=10.0) -> None:
+    """Wait until no settle task runs, so a purchase written behind the API's back stays pending."""
+    deadline = time.monotonic() + timeout
+    while settle_tasks_running():
+        assert time.monotonic() < deadline, "a settle task is still running"
         time.sleep(0.05)
 
 

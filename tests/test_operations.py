@@ -14,7 +14,8 @@ from dataclasses import replace
 from datetime import timedelta
 
 import pytest
-from conftest import ROOT, Factory, assert_books_balance, balance, get_purchase, ledger_rows, subprocess_env
+from conftest import (ROOT, Factory, assert_books_balance, balance, get_purchase, ledger_rows, subprocess_env,
+                      wait_for_idle_settlement)
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select
 
@@ -334,6 +335,7 @@ def test_beat_pending_sweep_settles_a_lost_purchase_and_leaves_settled_ones_alon
     r = buy(client, factory.headers(fan), menu, item)
     assert r.status_code == 200 and r.json["status"] == "completed"
     settled_id = uuid.UUID(r.json["purchase_id"])
+    wait_for_idle_settlement()  # the task that settled it has ended (it lingers a moment for more purchases)
 
     # The lost message: committed as pending ten minutes ago and never handed to the worker.
     old = utcnow() - timedelta(minutes=10)

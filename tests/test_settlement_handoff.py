@@ -5,12 +5,13 @@ import threading
 import time
 
 import pytest
-from conftest import assert_books_balance, get_purchase, run_concurrently, wait_settled
+from conftest import assert_books_balance, get_purchase, run_concurrently, wait_for_idle_settlement, wait_settled
 from sqlalchemy import func, select
 
 from models.db import new_session
 from models.purchases import Purchase
 
+from worker.celery_app import celery
 from worker.handoff import SCHEDULED_KEY
 from worker.tasks import settle_purchases
 
@@ -51,6 +52,8 @@ def test_purchase_under_a_promised_claim_waits_for_that_task_and_is_settled(app,
     fan, model = factory.user("fan", tokens=100), factory.user("model")
     menu = factory.menu(model)
     headers = factory.headers(fan)
+    # No task of an earlier test still lingering (it would be woken by this purchase and settle it).
+    wait_for_idle_settlement()
     redis_client.set(SCHEDULED_KEY, "1", ex=30)  # as if a settle task were scheduled and not yet claiming
     answers = []
     request = threading.Thread(target=lambda: answers.append(buy(app.test_client(), headers, menu, key="k1")))
@@ -66,6 +69,24 @@ def test_purchase_under_a_promised_claim_waits_for_that_task_and_is_settled(app,
     assert answers and answers[0].status_code == 200, answers and answers[0].json
     assert get_purchase(answers[0].json["purchase_id"]).status == "completed"
     assert wait_until(lambda: not redis_client.exists(SCHEDULED_KEY), 2.0)
+    assert_books_balance()
+
+
+def test_a_lingering_task_settles_the_next_purchase_without_a_new_task(client, factory, redis_client):
+    fan, model = factory.user("fan", tokens=100), factory.user("model")
+    menu = factory.menu(model)
+    headers = factory.headers(fan)
+    wait_for_idle_settlement()
+    run_before = _settle_tasks_run()
+    assert buy(client, headers, menu).json["status"] == "completed"  # published one task
+    # That task lingers, flag held, instead of ending: the next purchase's SET NX fails (the web publishes
+    # nothing) and its pushed wake-up has it settled within the request's wait all the same.
+    assert redis_client.exists(SCHEDULED_KEY)
+    second = buy(client, headers, menu)
+    assert second.status_code == 200 and second.json["status"] == "completed", second.json
+    assert _settle_tasks_run() == run_before + 1
+    # Idle for SETTLE_LINGER_SECONDS, it drops the flag and ends.
+    assert wait_until(lambda: not redis_client.exists(SCHEDULED_KEY), 5)
     assert_books_balance()
 
 
@@ -88,6 +109,13 @@ def test_burst_from_many_fans_all_settle_and_books_balance(app, factory, redis_c
     assert _pending_count(model) == 0
     assert wait_until(lambda: not redis_client.exists(SCHEDULED_KEY), 2.0)
     assert_books_balance()
+
+
+def _settle_tasks_run() -> int:
+    """Settle tasks the worker has received so far, as its own remote-control stats count them."""
+    stats = celery.control.inspect(timeout=2, limit=1).stats() or {}
+    assert stats, "the worker did not answer"
+    return sum(s.get("total", {}).get("perfmenu.settle_purchases", 0) for s in stats.values())
 
 
 def _pending_count(model) -> int:

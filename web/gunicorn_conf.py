@@ -3,11 +3,24 @@
 WEB_CONCURRENCY (worker processes), WEB_THREADS, WEB_BIND and WEB_PORT come from the environment."""
 import os
 
+from gunicorn.glogging import Logger
+
 bind = f"{os.environ.get('WEB_BIND', '127.0.0.1')}:{os.environ.get('WEB_PORT', '8000')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 threads = int(os.environ.get("WEB_THREADS", "4"))
 worker_class = "gthread"
 accesslog = None  # the app logs one JSON line per request, with its request id
+
+
+class NoAccessLogger(Logger):
+    """gunicorn writes its own access line whenever logconfig_dict is set; the app's line (web/ops.py) already
+    says it all, so the second one is only CPU."""
+
+    def access(self, resp, req, environ, request_time):
+        pass
+
+
+logger_class = NoAccessLogger
 logconfig_dict = {
     "version": 1,
     "disable_existing_loggers": False,

@@ -6,10 +6,17 @@ now": the web sets it with SET NX and publishes only if it set it; the task keep
 (every claim that found something is followed by another claim), and before it exits it deletes the flag and
 claims once more. So a purchase whose SET NX failed was committed before a claim that is still to come: no
 purchase is left behind. A failed publish drops the flag again; a lost message or a crashed task costs at
-most the TTL (the next purchase publishes) and beat's pending sweep settles what remains."""
+most the TTL (the next purchase publishes) and beat's pending sweep settles what remains.
+
+An idle task does not end at once: it lingers (SETTLE_LINGER_SECONDS), blocked on a Redis list that every
+intake pushes to in the same round trip as its SET NX, and claims again as soon as something arrives. So under
+steady traffic a purchase is settled by a task already running, without a Celery round trip. A push made
+before the task starts waiting stays in the list, so no wake-up is lost; the task empties the list before each
+claim, and one claim covers every purchase committed before it."""
 from __future__ import annotations
 
 import logging
+import time
 
 from models.settings import get_settings
 
@@ -18,7 +25,9 @@ from .redis_client import get_redis
 log = logging.getLogger(__name__)
 
 SCHEDULED_KEY = "perfmenu:settle:scheduled"
+WAKE_KEY = "perfmenu:settle:wake"
 SCHEDULED_TTL_SECONDS = 5
+MAX_TASK_SECONDS = 10  # a lingering task still ends now and then, so a warm shutdown never waits on it
 
 
 def request_settlement(purchase_id) -> None:
@@ -29,7 +38,11 @@ def request_settlement(purchase_id) -> None:
     args = [[str(purchase_id)]] if get_settings().embedded else []
     if not args:
         try:
-            if not get_redis().set(SCHEDULED_KEY, "1", nx=True, ex=SCHEDULED_TTL_SECONDS):
+            pipe = get_redis().pipeline(transaction=False)
+            pipe.set(SCHEDULED_KEY, "1", nx=True, ex=SCHEDULED_TTL_SECONDS)
+            pipe.rpush(WAKE_KEY, "1")
+            pipe.expire(WAKE_KEY, SCHEDULED_TTL_SECONDS)
+            if not pipe.execute()[0]:
                 return  # a claim is still to come (a scheduled task, or the running one's next or last claim)
         except Exception:
             log.exception("settlement flag unavailable; publishing", extra={"purchase_id": str(purchase_id)})
@@ -39,6 +52,30 @@ def request_settlement(purchase_id) -> None:
         # The purchase is committed as pending; the next hand-off or beat's pending sweep settles it.
         log.exception("settlement hand-off failed", extra={"purchase_id": str(purchase_id)})
         release_scheduled()
+
+
+def wait_for_purchases(timeout: float) -> bool:
+    """Block up to `timeout` seconds for intake's wake-up; True if a purchase was committed since the last
+    call (the caller claims next). Empties the list: the claim that follows covers every purchase before it."""
+    if timeout <= 0:
+        return False
+    r = get_redis()
+    try:
+        if r.blpop([WAKE_KEY], timeout=timeout) is None:
+            return False
+        r.delete(WAKE_KEY)
+        return True
+    except Exception:
+        log.exception("settlement wake-up list unavailable")
+        return False
+
+
+def lingering(started: float) -> bool:
+    """Whether a task started at `started` (time.monotonic()) that found nothing to settle should wait for
+    the next purchase (True: one arrived) rather than end."""
+    if time.monotonic() - started >= MAX_TASK_SECONDS:
+        return False
+    return wait_for_purchases(get_settings().settle_linger_seconds)
 
 
 def keep_scheduled() -> None:

@@ -18,7 +18,7 @@ from models.settings import get_settings
 from models.types import utcnow
 
 from . import activations, escrow, queue
-from .handoff import keep_scheduled, release_scheduled, request_activation
+from .handoff import keep_scheduled, lingering, release_scheduled, request_activation
 from .metrics import count_settled
 from .settlement import settle_pending
 from .verdicts import publish_verdicts
@@ -68,15 +68,17 @@ def settle(purchase_ids=None, older_than=None) -> int:
 @celery.task(name="perfmenu.settle_purchases")
 def settle_purchases(purchase_ids=None) -> int:
     """With ids: settle those. Without (the web's hand-off, worker/handoff.py): settle whatever is pending,
-    oldest first, until a claim made after the scheduled flag was dropped finds nothing."""
+    oldest first, lingering briefly for the next purchase when idle, until a claim made after the scheduled
+    flag was dropped finds nothing."""
     if purchase_ids is not None:
         return settle(purchase_ids)
     total = 0
+    started = time.monotonic()
     try:
         while True:
             keep_scheduled()
             settled = settle()
-            if not settled:
+            if not settled and not lingering(started):
                 release_scheduled()
                 settled = settle()
                 if not settled:
