@@ -350,3 +350,46 @@ def test_only_the_owner_may_act_and_wrong_states_are_409(client, factory):
     assert get_purchase(uuid.UUID(p1)).status == "in_progress"
     assert balance(fan.id, "wallet") == 1000 - 200
     assert_books_balance()
+
+
+def test_queue_capacity_holds_at_intake_and_within_one_settlement_batch(client, factory, session, monkeypatch):
+    from conftest import wait_for_idle_settlement
+
+    from models.purchases import Purchase, purchase_day_of
+    from models.settings import get_settings
+    from worker.settlement import settle_pending
+
+    monkeypatch.setenv("QUEUE_CAPACITY", "3")  # this process only: intake and the batch settled below
+    get_settings.cache_clear()
+    try:
+        settings = get_settings()
+        model, fans = factory.user("model"), [factory.user("fan", tokens=1000) for _ in range(4)]
+        menu = queue_menu(factory, model, order="fifo")
+        item = menu.created_items[0]
+        buy(client, factory.headers(fans[0]), menu, item)  # one entry open
+        wait_for_idle_settlement()
+
+        # Three purchases that passed intake's precheck while the queue held one entry, settled in one batch:
+        # the batch counts its own entries, so it queues two and refuses the third.
+        now = utcnow()
+        pending = [Purchase(fan_id=f.id, model_id=model.id, menu_id=menu.id, item_id=item.id, item_name=item.name,
+                            token_value=item.token_value, loyalty_points=item.bonus_loyalty_points,
+                            estimated_duration_minutes=10, transaction_type="queued",
+                            purchase_day=purchase_day_of(now, settings.tz), created_at=now + timedelta(microseconds=i))
+                   for i, f in enumerate(fans[1:])]
+        session.add_all(pending)
+        session.commit()
+        settled = settle_pending(session, settings, [p.id for p in pending])
+        assert [(p.status, p.failure_reason) for p in settled] == [("queued", None), ("queued", None),
+                                                                   ("failed", "queue_full")]
+        assert [balance(f.id, "wallet") for f in fans] == [800, 800, 800, 1000]
+
+        # Full now: intake refuses at once and writes nothing.
+        r = client.post("/menu/purchase", json={"menu_id": str(menu.id), "item_id": str(item.id)},
+                        headers=factory.headers(fans[3]))
+        assert (r.status_code, r.json["error"]["code"]) == (409, "queue_full")
+        assert session.query(Purchase).filter_by(fan_id=fans[3].id).count() == 1
+        assert_books_balance()
+    finally:
+        monkeypatch.delenv("QUEUE_CAPACITY")
+        get_settings.cache_clear()

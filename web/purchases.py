@@ -15,7 +15,7 @@ from models.settings import get_settings
 from models.types import utcnow
 from worker import metrics, queue
 from worker.handoff import request_settlement
-from worker.settlement import open_queue_size
+from worker.settlement import open_queue_size_query
 from worker.verdicts import wait_for_verdict
 
 from .auth import current_role, current_user_id, role_required
@@ -103,8 +103,8 @@ def _settled_response(session, purchase: Purchase):
 
 # Built once (the operator overloading of building it costs more than running it): the id of the fan's
 # purchase already made with this idempotency key (None if none or no key), the menu (None if missing), the
-# item (None unless on that menu) and the fan's wallet balance, in one round trip; the one-row FROM keeps the
-# id and the balance when the menu is missing.
+# item (None unless on that menu), the fan's wallet balance and the open entries of the menu's model's queue,
+# in one round trip; the one-row FROM keeps the id and the balance when the menu is missing.
 _INTAKE_QUERY = (
     select(
         select(Purchase.id)
@@ -115,6 +115,7 @@ _INTAKE_QUERY = (
         select(Account.balance)
         .where(Account.owner_id == bindparam("fan_id"), Account.kind == "wallet")
         .scalar_subquery(),
+        open_queue_size_query(Menu.model_id).scalar_subquery(),
     )
     .select_from(select(literal(1).label("one")).subquery())
     .outerjoin(Menu, Menu.id == bindparam("menu_id"))
@@ -123,7 +124,7 @@ _INTAKE_QUERY = (
 
 
 def load_for_intake(session, menu_id, item_id, fan_id, key):
-    """(existing purchase id, menu, item, wallet balance): see _INTAKE_QUERY. The menu and the item stay in the
+    """(existing purchase id, menu, item, wallet balance, open queue entries): see _INTAKE_QUERY. The menu and the item stay in the
     session's identity map, so session.get answers them without a query."""
     return session.execute(
         _INTAKE_QUERY, {"fan_id": fan_id, "key": key, "menu_id": menu_id, "item_id": item_id}
@@ -166,7 +167,7 @@ def create_purchase(body):
     # costs no BEGIN and no COMMIT round trip, and the UNIQUE (fan, key) still settles an idempotency race.
     session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
 
-    existing_id, _menu, item, balance = load_for_intake(session, body["menu_id"], body["item_id"], fan_id, key)
+    existing_id, _menu, item, balance, queue_size = load_for_intake(session, body["menu_id"], body["item_id"], fan_id, key)
     if existing_id is not None:
         return _replay(session, session.get(Purchase, existing_id), body)
     menu = load_visible_menu(session, body["menu_id"])
@@ -182,7 +183,7 @@ def create_purchase(body):
     if item.max_daily_purchases is not None and daily_count(session, fan_id, item.id, day) >= item.max_daily_purchases:
         refuse_at_intake("daily_limit_reached")
     queued = menu.queue_mode == "ON"
-    if queued and open_queue_size(session, menu.model_id) >= settings.queue_capacity:
+    if queued and queue_size >= settings.queue_capacity:
         refuse_at_intake("queue_full")
 
     purchase = Purchase(

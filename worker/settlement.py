@@ -46,23 +46,27 @@ def settle_pending(session, settings, purchase_ids=None, limit: int = 100, older
         )
     }
     now = utcnow()
+    # Open queue entries per model, counted once per batch: the model's accounts are locked, so only this batch
+    # adds entries until the commit, and it counts its own.
+    queue_sizes: dict = {}
     for purchase in purchases:
         item, menu = items[purchase.item_id]
-        reason = _refusal(session, settings, purchase, item, menu, accounts)
+        reason = _refusal(session, settings, purchase, item, menu, accounts, queue_sizes)
         if reason is not None:
             purchase.transition("failed", now, reason=reason)
         elif purchase.transaction_type == "immediate":
             _transfer(session, purchase, accounts, now)
         else:
             _hold_in_escrow(session, purchase, accounts, now)
+            queue_sizes[purchase.model_id] += 1
         audit(session, f"purchase.{purchase.status}", purchase.id, reason=reason)
-        # No flush per purchase: the session autoflushes before the daily-limit and capacity counts, so later
-        # purchases of the batch see this one there, and otherwise the rows go out in a few batched statements.
+        # No flush per purchase: the session autoflushes before a daily-limit count, so later purchases of the
+        # batch see this one there, and otherwise the rows go out in a few batched statements.
     session.commit()
     return purchases
 
 
-def _refusal(session, settings, purchase, item, menu, accounts) -> str | None:
+def _refusal(session, settings, purchase, item, menu, accounts, queue_sizes) -> str | None:
     if not (item.is_active and menu.is_active):
         return "item_unavailable"
     if accounts[(purchase.fan_id, "wallet")].balance < purchase.token_value:
@@ -73,17 +77,21 @@ def _refusal(session, settings, purchase, item, menu, accounts) -> str | None:
         )
         if settled_today >= item.max_daily_purchases:
             return "daily_limit_reached"
-    if purchase.transaction_type == "queued" and open_queue_size(session, purchase.model_id) >= settings.queue_capacity:
-        return "queue_full"
+    if purchase.transaction_type == "queued":
+        if purchase.model_id not in queue_sizes:
+            queue_sizes[purchase.model_id] = open_queue_size(session, purchase.model_id)
+        if queue_sizes[purchase.model_id] >= settings.queue_capacity:
+            return "queue_full"
     return None
 
 
+def open_queue_size_query(model_id):
+    return select(func.count()).select_from(Purchase).where(Purchase.model_id == model_id,
+                                                            Purchase.status.in_(OPEN_QUEUE_STATUSES))
+
+
 def open_queue_size(session, model_id) -> int:
-    return session.scalar(
-        select(func.count())
-        .select_from(Purchase)
-        .where(Purchase.model_id == model_id, Purchase.status.in_(OPEN_QUEUE_STATUSES))
-    )
+    return session.scalar(open_queue_size_query(model_id))
 
 
 def award_points(session, purchase, accounts) -> None:
