@@ -11,8 +11,8 @@ most the TTL (the next purchase publishes) and beat's pending sweep settles what
 An idle task does not end at once: it lingers (SETTLE_LINGER_SECONDS), blocked on a Redis list that every
 intake pushes to in the same round trip as its SET NX, and claims again as soon as something arrives. So under
 steady traffic a purchase is settled by a task already running, without a Celery round trip. A push made
-before the task starts waiting stays in the list, so no wake-up is lost; the task empties the list before each
-claim, and one claim covers every purchase committed before it."""
+before the task starts waiting stays in the list, so no wake-up is lost; the task empties the list just before
+each claim, and that claim covers every purchase committed before it."""
 from __future__ import annotations
 
 import logging
@@ -55,16 +55,12 @@ def request_settlement(purchase_id) -> None:
 
 
 def wait_for_purchases(timeout: float) -> bool:
-    """Block up to `timeout` seconds for intake's wake-up; True if a purchase was committed since the last
-    call (the caller claims next). Empties the list: the claim that follows covers every purchase before it."""
+    """Block up to `timeout` seconds for intake's wake-up; True if a purchase was committed since the list was
+    last emptied (keep_scheduled empties it; the caller claims next)."""
     if timeout <= 0:
         return False
-    r = get_redis()
     try:
-        if r.blpop([WAKE_KEY], timeout=timeout) is None:
-            return False
-        r.delete(WAKE_KEY)
-        return True
+        return get_redis().blpop([WAKE_KEY], timeout=timeout) is not None
     except Exception:
         log.exception("settlement wake-up list unavailable")
         return False
@@ -79,9 +75,13 @@ def lingering(started: float) -> bool:
 
 
 def keep_scheduled() -> None:
-    """The settle task is looping and will claim again: intake need not publish."""
+    """The settle task is about to claim: intake need not publish, and every wake-up pushed so far is answered
+    by that claim (so the list is emptied)."""
     try:
-        get_redis().set(SCHEDULED_KEY, "1", ex=SCHEDULED_TTL_SECONDS)
+        pipe = get_redis().pipeline(transaction=False)
+        pipe.set(SCHEDULED_KEY, "1", ex=SCHEDULED_TTL_SECONDS)
+        pipe.delete(WAKE_KEY)
+        pipe.execute()
     except Exception:
         log.exception("could not refresh the settlement flag")
 

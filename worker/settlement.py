@@ -19,38 +19,37 @@ from models.purchases import OPEN_QUEUE_STATUSES, SETTLED_COUNTS_TOWARD_DAILY_LI
 from models.types import utcnow
 
 
-def claim_pending(session, purchase_ids=None, limit: int = 100, older_than=None) -> list[Purchase]:
-    query = select(Purchase).where(Purchase.status == "pending")
+def claim_pending(session, purchase_ids=None, limit: int = 100, older_than=None):
+    """Lock up to `limit` pending purchases, oldest first, skipping rows another settler holds; each with its
+    item and menu (not locked: settlement only reads them)."""
+    query = (
+        select(Purchase, MenuItem, Menu)
+        .join(MenuItem, MenuItem.id == Purchase.item_id)
+        .join(Menu, Menu.id == MenuItem.menu_id)
+        .where(Purchase.status == "pending")
+    )
     if purchase_ids is not None:
         query = query.where(Purchase.id.in_(purchase_ids))
     if older_than is not None:
         query = query.where(Purchase.created_at < older_than)
-    query = query.order_by(Purchase.created_at).limit(limit).with_for_update(skip_locked=True)
-    return list(session.scalars(query))
+    query = query.order_by(Purchase.created_at).limit(limit).with_for_update(skip_locked=True, of=Purchase)
+    return list(session.execute(query))
 
 
 def settle_pending(session, settings, purchase_ids=None, limit: int = 100, older_than=None) -> list[Purchase]:
     """Settle up to `limit` pending purchases (all of `purchase_ids` that are still pending, if given) and
     commit. Returns the purchases this call settled."""
-    purchases = claim_pending(session, purchase_ids, limit, older_than)
-    if not purchases:
+    claimed = claim_pending(session, purchase_ids, limit, older_than)
+    if not claimed:
         session.rollback()
         return []
+    purchases = [purchase for purchase, _item, _menu in claimed]
     accounts = lock_accounts(session, {p.fan_id for p in purchases} | {p.model_id for p in purchases})
-    items = {
-        item.id: (item, menu)
-        for item, menu in session.execute(
-            select(MenuItem, Menu)
-            .join(Menu, Menu.id == MenuItem.menu_id)
-            .where(MenuItem.id.in_({p.item_id for p in purchases}))
-        )
-    }
     now = utcnow()
     # Open queue entries per model, counted once per batch: the model's accounts are locked, so only this batch
     # adds entries until the commit, and it counts its own.
     queue_sizes: dict = {}
-    for purchase in purchases:
-        item, menu = items[purchase.item_id]
+    for purchase, item, menu in claimed:
         reason = _refusal(session, settings, purchase, item, menu, accounts, queue_sizes)
         if reason is not None:
             purchase.transition("failed", now, reason=reason)

@@ -36,14 +36,10 @@ def wait_for_verdict(purchase_id, timeout: float) -> bool:
         return False
     r = get_redis()
     try:
-        got = r.blpop([_key(purchase_id)], timeout=timeout)
-        if got is None:
+        # Moving the list's head to its own tail leaves the verdict there for any other request waiting on the
+        # same purchase (an idempotent retry), in one command.
+        if r.blmove(_key(purchase_id), _key(purchase_id), timeout, "LEFT", "RIGHT") is None:
             return False
-        # Put it back for any other request waiting on the same purchase (an idempotent retry).
-        pipe = r.pipeline(transaction=False)
-        pipe.rpush(_key(purchase_id), got[1])
-        pipe.expire(_key(purchase_id), VERDICT_TTL_SECONDS)
-        pipe.execute()
     except redis.RedisError:
         # Redis down or slower than the socket timeout: the purchase is committed, the caller re-reads it
         # from the database and answers 202 if it is still pending. Never a 500 for a committed purchase.
