@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import shlex
 import signal
 import subprocess
 import sys
@@ -505,7 +503,8 @@ def report(res):
     rows = [
         ("intake Queue OFF (req/s)", res["intake_off_rps"], "Flask echo", res["echo_rps"], ">= 0.35"),
         ("intake Queue ON (req/s)", res["intake_on_rps"], "Flask echo", res["echo_rps"], ">= 0.35"),
-        ("intake, the lower of the two (req/s)", res["intake_rps"], "bare WSGI echo", res["echo_wsgi_rps"], ""),
+        ("intake, the lower of the two (req/s)", res["intake_rps"], "bare WSGI echo", res["echo_wsgi_rps"],
+         ""),
         (f"settlement from backlog of {res['settle_backlog']} (/s)", res["settle_tps"], "SQL txn TPS",
          res["sql_ceiling_tps"], ">= 0.5"),
         ("settlement (/s)", res["settle_tps"], "Celery no-op tasks/s", res["celery_noop_tps"], ""),

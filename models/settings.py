@@ -65,7 +65,7 @@ class Settings:
     day_time_zone: str = "UTC"
     purchase_wait_seconds: float = 1.5  # how long POST /menu/purchase waits for the worker's verdict
     settle_batch_size: int = 100
-    settle_linger_seconds: float = 0.5  # an idle settle task waits this long for the next purchase before ending
+    settle_linger_seconds: float = 0.5  # how long an idle settle task waits for the next purchase
     queue_capacity: int = 50
     history_max_limit: int = 100
     broker_visibility_timeout: int = 300

@@ -352,7 +352,8 @@ def test_only_the_owner_may_act_and_wrong_states_are_409(client, factory):
     assert_books_balance()
 
 
-def test_queue_capacity_holds_at_intake_and_within_one_settlement_batch(client, factory, session, monkeypatch):
+def test_queue_capacity_holds_at_intake_and_within_one_settlement_batch(client, factory, session,
+                                                                         monkeypatch):
     from conftest import wait_for_idle_settlement
 
     from models.purchases import Purchase, purchase_day_of
@@ -372,10 +373,11 @@ def test_queue_capacity_holds_at_intake_and_within_one_settlement_batch(client, 
         # Three purchases that passed intake's precheck while the queue held one entry, settled in one batch:
         # the batch counts its own entries, so it queues two and refuses the third.
         now = utcnow()
-        pending = [Purchase(fan_id=f.id, model_id=model.id, menu_id=menu.id, item_id=item.id, item_name=item.name,
-                            token_value=item.token_value, loyalty_points=item.bonus_loyalty_points,
-                            estimated_duration_minutes=10, transaction_type="queued",
-                            purchase_day=purchase_day_of(now, settings.tz), created_at=now + timedelta(microseconds=i))
+        pending = [Purchase(fan_id=f.id, model_id=model.id, menu_id=menu.id, item_id=item.id,
+                            item_name=item.name, token_value=item.token_value,
+                            loyalty_points=item.bonus_loyalty_points, estimated_duration_minutes=10,
+                            transaction_type="queued", purchase_day=purchase_day_of(now, settings.tz),
+                            created_at=now + timedelta(microseconds=i))
                    for i, f in enumerate(fans[1:])]
         session.add_all(pending)
         session.commit()

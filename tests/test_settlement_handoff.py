@@ -5,7 +5,8 @@ import threading
 import time
 
 import pytest
-from conftest import assert_books_balance, get_purchase, run_concurrently, wait_for_idle_settlement, wait_settled
+from conftest import (assert_books_balance, get_purchase, run_concurrently, wait_for_idle_settlement,
+                      wait_settled)
 from sqlalchemy import func, select
 
 from models.db import new_session

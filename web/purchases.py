@@ -124,8 +124,8 @@ _INTAKE_QUERY = (
 
 
 def load_for_intake(session, menu_id, item_id, fan_id, key):
-    """(existing purchase id, menu, item, wallet balance, open queue entries): see _INTAKE_QUERY. The menu and the item stay in the
-    session's identity map, so session.get answers them without a query."""
+    """(existing purchase id, menu, item, wallet balance, open queue entries): see _INTAKE_QUERY. The menu and
+    the item stay in the session's identity map, so session.get answers them without a query."""
     return session.execute(
         _INTAKE_QUERY, {"fan_id": fan_id, "key": key, "menu_id": menu_id, "item_id": item_id}
     ).one()
@@ -167,7 +167,9 @@ def create_purchase(body):
     # costs no BEGIN and no COMMIT round trip, and the UNIQUE (fan, key) still settles an idempotency race.
     session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
 
-    existing_id, _menu, item, balance, queue_size = load_for_intake(session, body["menu_id"], body["item_id"], fan_id, key)
+    existing_id, _menu, item, balance, queue_size = load_for_intake(
+        session, body["menu_id"], body["item_id"], fan_id, key
+    )
     if existing_id is not None:
         return _replay(session, session.get(Purchase, existing_id), body)
     menu = load_visible_menu(session, body["menu_id"])

@@ -46,8 +46,8 @@ def settle_pending(session, settings, purchase_ids=None, limit: int = 100, older
     purchases = [purchase for purchase, _item, _menu in claimed]
     accounts = lock_accounts(session, {p.fan_id for p in purchases} | {p.model_id for p in purchases})
     now = utcnow()
-    # Open queue entries per model, counted once per batch: the model's accounts are locked, so only this batch
-    # adds entries until the commit, and it counts its own.
+    # Open queue entries per model, counted once per batch: the model's accounts are locked, so only this
+    # batch adds entries until the commit, and it counts its own.
     queue_sizes: dict = {}
     for purchase, item, menu in claimed:
         reason = _refusal(session, settings, purchase, item, menu, accounts, queue_sizes)
