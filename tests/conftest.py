@@ -60,6 +60,7 @@ sys.path.insert(0, ROOT)
 import redis  # noqa: E402
 from sqlalchemy import create_engine, select, text  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
+from sqlalchemy.exc import OperationalError  # noqa: E402
 
 from models.db import Base, get_engine, new_session  # noqa: E402
 from models.ledger import Account, LedgerEntry, books_differences, top_up  # noqa: E402
@@ -167,8 +168,17 @@ def clean_state(request, redis_client):
     if "database" in request.fixturenames or "app" in request.fixturenames:
         engine = request.getfixturevalue("database")
         tables = ", ".join(t.name for t in Base.metadata.sorted_tables)
-        with engine.begin() as conn:
-            conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+        for attempt in range(5):
+            try:
+                with engine.begin() as conn:
+                    conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+                break
+            except OperationalError:
+                # A settle task of the previous test making its last claim (after dropping its flag) can
+                # deadlock with the TRUNCATE; PostgreSQL aborts one of the two, so try again.
+                if attempt == 4:
+                    raise
+                time.sleep(0.2)
     redis_client.flushdb()
     yield
 
