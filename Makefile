@@ -31,10 +31,12 @@ run: install
 		exec $(BIN)/gunicorn -c python:web.gunicorn_conf --workers 1 --threads 8 web.wsgi:app; \
 	fi
 
-# Tests run on real PostgreSQL and Redis (TEST_DATABASE_URL, TEST_REDIS_URL, TEST_BROKER_URL override the
-# defaults in tests/conftest.py) with real Celery worker processes.
+# First the fast unit tests of the pure rules (tests/unit: no services, a few seconds, their own time line),
+# then the suites on real PostgreSQL and Redis (TEST_DATABASE_URL, TEST_REDIS_URL, TEST_BROKER_URL override the
+# defaults in tests/conftest.py) with real Celery worker processes; PYTEST_ARGS go to those.
 test: install
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests/unit
+	$(BIN)/python -m pytest --ignore=tests/unit $(PYTEST_ARGS)
 
 # A model, a fan with tokens and the starter menus (seed/menu_templates.json); prints the curl lines to buy
 # something against `make run`. Safe to run again (new passwords, nothing duplicated).

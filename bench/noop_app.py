@@ -5,13 +5,13 @@ import os
 import redis
 from celery import Celery
 
-from models.settings import get_settings
-from worker.celery_app import configure
+from models.settings import Settings
+from worker.celery_app import celery_config
 
 COUNTER = "perfmenu:bench:noop_done"
 
 app = Celery("perfmenu_bench_noop")
-configure(app, get_settings())
+app.conf.update(celery_config(Settings.from_env()))
 app.conf.task_default_queue = "bench_noop"
 _redis = redis.Redis.from_url(os.environ["REDIS_URL"])
 

@@ -49,13 +49,18 @@ ENV = dict(
     WEB_BIND="127.0.0.1",
     WORKER_CONCURRENCY=str(WORKER_CONCURRENCY),
 )
-os.environ.update({k: ENV[k] for k in ("DATABASE_URL", "REDIS_URL", "CELERY_BROKER_URL", "JWT_SECRET_KEY",
-                                        "QUEUE_CAPACITY", "LOVENSE_ENABLED", "JWT_ACCESS_MINUTES")})
 sys.path.insert(0, ROOT)
 
 import redis  # noqa: E402
 from sqlalchemy import create_engine, func, select, text  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
+
+from models.runtime import Runtime  # noqa: E402
+from models.settings import Settings  # noqa: E402
+from tests.processes import ProcessGroup, children_of  # noqa: E402
+
+# This driver's own settings: the same as the processes it starts.
+RUNTIME = Runtime(Settings.from_env(ENV))
 
 LOGS = tempfile.mkdtemp(prefix="perfmenu-bench-")
 
@@ -80,57 +85,16 @@ def bin_path(cmd: str) -> str:
     return os.path.join(os.path.dirname(PY), first) + " " + rest
 
 
-class Proc:
-    def __init__(self, name, command, **env):
-        self.name = name
-        self.out = open(os.path.join(LOGS, f"{name}.log"), "ab")
-        self.proc = subprocess.Popen(["bash", "-c", "exec " + command], cwd=ROOT, env={**ENV, **env},
-                                     stdout=self.out, stderr=subprocess.STDOUT, start_new_session=True)
-
-    def rss_mb(self) -> float:
-        """Resident memory of the process and its children (gunicorn workers, the Celery pool)."""
-        pids = [self.proc.pid] + children(self.proc.pid)
-        total = 0
-        for pid in pids:
-            try:
-                with open(f"/proc/{pid}/status") as f:
-                    for line in f:
-                        if line.startswith("VmRSS:"):
-                            total += int(line.split()[1])
-            except FileNotFoundError:
-                pass
-        return round(total / 1024, 1)
-
-    def stop(self):
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        self.out.close()
+def start_process(name: str, command: str, **env) -> ProcessGroup:
+    return ProcessGroup(name, ["bash", "-c", "exec " + command], {**ENV, **env},
+                        os.path.join(LOGS, f"{name}.log")).start()
 
 
-def children(pid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (FileNotFoundError, ProcessLookupError, IndexError):
-                continue
-            if ppid == pid:
-                found += [int(entry)] + children(int(entry))
-    return found
-
-
-def start_web(app_module: str | None = None, **env) -> Proc:
+def start_web(app_module: str | None = None, **env) -> ProcessGroup:
     cmd = bin_path(procfile_line("web"))
     if app_module:
         cmd = cmd.replace("web.wsgi:app", app_module)
-    proc = Proc("web" if not app_module else "echo", cmd, **env)
+    proc = start_process("web" if not app_module else "echo", cmd, **env)
     try:
         return _wait_ready(proc, "/healthz" if not app_module else "/")
     except BaseException:
@@ -138,7 +102,7 @@ def start_web(app_module: str | None = None, **env) -> Proc:
         raise
 
 
-def _wait_ready(proc: Proc, path: str) -> Proc:
+def _wait_ready(proc: ProcessGroup, path: str) -> ProcessGroup:
     import urllib.request
 
     deadline = time.monotonic() + 30
@@ -147,21 +111,21 @@ def _wait_ready(proc: Proc, path: str) -> Proc:
             urllib.request.urlopen(f"http://127.0.0.1:{PORT}{path}", timeout=1).read()
             return proc
         except Exception:
-            if proc.proc.poll() is not None:
+            if not proc.alive():
                 raise SystemExit(f"gunicorn exited; see {LOGS}")
             time.sleep(0.2)
     raise SystemExit(f"gunicorn did not answer; see {LOGS}")
 
 
-def start_worker(app, name: str) -> Proc:
+def start_worker(app, name: str) -> ProcessGroup:
     cmd = bin_path(procfile_line("worker"))
     if app.main != "perfmenu":
-        cmd = cmd.replace("worker.celery_app", "bench.noop_app")
+        cmd = cmd.replace("worker.main", "bench.noop_app")
     node = f"{name}-{uuid.uuid4().hex[:6]}"
-    proc = Proc(name, cmd + f" -n {node}@%h --without-gossip --without-mingle")
+    proc = start_process(name, cmd + f" -n {node}@%h --without-gossip --without-mingle")
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        if proc.proc.poll() is not None:
+        if not proc.alive():
             raise SystemExit(f"celery worker exited; see {LOGS}")
         names = [n for reply in app.control.ping(timeout=0.5) for n in reply if node in n]
         if names:
@@ -174,7 +138,7 @@ def start_worker(app, name: str) -> Proc:
 PROFILE_DIR = os.environ.get("BENCH_PROFILE")  # a directory: py-spy records each phase's server processes there
 
 
-def profile(name: str, proc: Proc, seconds: float) -> list:
+def profile(name: str, proc: ProcessGroup, seconds: float) -> list:
     """With BENCH_PROFILE set, record the children of `proc` (gunicorn workers, the Celery pool) with py-spy,
     as collapsed stacks (`<name>-<pid>.txt`), for `seconds`."""
     if not PROFILE_DIR:
@@ -184,7 +148,7 @@ def profile(name: str, proc: Proc, seconds: float) -> list:
     return [subprocess.Popen([spy, "record", "--format", "raw", "--gil", "-r", "100", "-d", str(int(seconds)),
                               "-o", os.path.join(PROFILE_DIR, f"{name}-{pid}.txt"), "-p", str(pid)],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            for pid in children(proc.proc.pid)]
+            for pid in children_of(proc.pid)]
 
 
 def loadgen(spec) -> dict:
@@ -206,7 +170,7 @@ def recreate_database():
     admin.dispose()
     from models.schema import upgrade_head
 
-    upgrade_head()
+    upgrade_head(RUNTIME.settings.database_url)
     for url in (REDIS_URL, BROKER_URL):
         redis.Redis.from_url(url).flushdb()
 
@@ -215,13 +179,12 @@ def seed() -> dict:
     """Two models (one Queue OFF menu, one Queue ON menu), FANS fans with plenty of tokens, their JWTs."""
     from flask_jwt_extended import create_access_token
 
-    from models.db import new_session
     from models.ledger import create_accounts, top_up
     from models.menus import Menu, MenuItem
     from models.users import User
     from web import create_app
 
-    s = new_session()
+    s = RUNTIME.new_session()
     probe = User(username="probe", role="fan")
     probe.set_password("bench")
     users = {}
@@ -248,7 +211,7 @@ def seed() -> dict:
         s.flush()
         menus[mode] = {"menu_id": str(menu.id), "item_id": str(item.id), "model_id": str(model.id)}
     s.commit()
-    app = create_app()
+    app = create_app(RUNTIME.settings)
     with app.app_context():
         tokens = [create_access_token(identity=str(u.id), additional_claims={"role": "fan"}) for u in users["fan"]]
     s.close()
@@ -256,10 +219,9 @@ def seed() -> dict:
 
 
 def pending_count() -> int:
-    from models.db import new_session
     from models.purchases import Purchase
 
-    s = new_session()
+    s = RUNTIME.new_session()
     try:
         return s.scalar(select(func.count()).select_from(Purchase).where(Purchase.status == "pending"))
     finally:
@@ -313,7 +275,7 @@ def sql_ceiling(clients: int) -> float:
     return round(total / SECONDS, 1)
 
 
-def time_backlog(app, proc: Proc, queue: str, done, expected: int, timeout: float = 90) -> float:
+def time_backlog(app, proc: ProcessGroup, queue: str, done, expected: int, timeout: float = 90) -> float:
     """Resume the worker's consumer on a prepared backlog and time it until `done()` reaches `expected`."""
     t0 = time.perf_counter()
     app.control.add_consumer(queue, destination=[proc.node], reply=True)
@@ -344,16 +306,14 @@ def celery_noop_ceiling() -> float:
 # ---------------------------------------------------------------- queue lookups
 
 def queue_lookup(lookups: int = 2000) -> tuple[dict, str]:
-    """Position + wait lookups on a 10,000-entry queue through worker/queue.py, timed from this process as the
-    web calls them (one Lua round trip each). The entries are written to Redis with the module's own `sync`."""
-    try:
-        from worker import queue
-    except ImportError:
-        return {}, "worker/queue.py is not on this branch yet"
+    """Position + wait lookups on a 10,000-entry queue through models/services/performance_queue.py, timed from
+    this process as the web calls them (one Lua round trip each). The entries are written to Redis with the
+    module's own `sync`."""
     import random
     from datetime import timedelta
 
     from models.purchases import Purchase
+    from models.services import performance_queue
     from models.types import utcnow
 
     rnd = random.Random(8)
@@ -367,14 +327,14 @@ def queue_lookup(lookups: int = 2000) -> tuple[dict, str]:
     entries[0].status = "in_progress"
     r = redis.Redis.from_url(REDIS_URL, decode_responses=True)
     for i in range(0, len(entries), 1000):
-        queue.sync(entries[i:i + 1000], redis=r)
-    assert r.zcard(queue._keys(model_id)[0]) == QUEUE_ENTRIES
+        performance_queue.sync(entries[i:i + 1000], redis=r)
+    assert r.zcard(performance_queue._keys(model_id)[0]) == QUEUE_ENTRIES
     sample = [rnd.choice(entries) for _ in range(lookups)]
     times = []
     t_all = time.perf_counter()
     for p in sample:
         t0 = time.perf_counter()
-        assert queue.position(p, redis=r) is not None
+        assert performance_queue.position(p, redis=r) is not None
         times.append(time.perf_counter() - t0)
     elapsed = time.perf_counter() - t_all
     times.sort()
@@ -422,7 +382,10 @@ def main():
     log(f"celery no-op: {results['celery_noop_tps']} tasks/s")
 
     # Ours: intake with the workers' consumers paused (the backlog they settle next), then settlement.
+    from worker.celery_app import bind_runtime
     from worker.celery_app import celery as product_celery
+
+    bind_runtime(RUNTIME)
 
     worker = start_worker(product_celery, "worker")
     web = None
@@ -482,10 +445,9 @@ def main():
     lookup, notes["queue_lookup_ms"] = queue_lookup()
     results.update({"queue_lookup_ms": None, "queue_lookup_p99_ms": None, "queue_lookups_per_s": None, **lookup})
     log(f"queue lookups: {lookup or notes['queue_lookup_ms']}")
-    from models.db import new_session
     from models.ledger import books_differences
 
-    s = new_session()
+    s = RUNTIME.new_session()
     results["books_differences"] = len(books_differences(s))
     s.close()
     results["elapsed_s"] = round(time.perf_counter() - t_start, 1)

@@ -2,14 +2,19 @@ from alembic import context
 
 import models  # noqa: F401  (registers every table on Base.metadata)
 from models.db import Base, make_engine
-from models.settings import get_settings
+from models.settings import Settings
 
 config = context.config
 target_metadata = Base.metadata
 
 
+def database_url() -> str:
+    # Given by the caller (models/schema.py: the CLI, the tests); a bare `alembic` command reads the environment.
+    return config.attributes.get("database_url") or Settings.from_env().database_url
+
+
 def run_migrations_offline():
-    context.configure(url=get_settings().database_url, target_metadata=target_metadata, literal_binds=True,
+    context.configure(url=database_url(), target_metadata=target_metadata, literal_binds=True,
                       render_as_batch=True)
     with context.begin_transaction():
         context.run_migrations()
@@ -20,7 +25,7 @@ def run_migrations_online():
     if connection is not None:
         _run(connection)
         return
-    engine = make_engine(get_settings().database_url)
+    engine = make_engine(database_url())
     with engine.connect() as conn:
         _run(conn)
     engine.dispose()

@@ -1,11 +1,12 @@
 """SQLAlchemy models and the rules that keep the books (ledger postings, state transitions)."""
 from .audit import AuditEvent, audit
-from .db import Base, get_engine, new_session, session_scope
+from .db import Base
 from .ledger import Account, InsufficientFunds, LedgerEntry
 from .lovense import LovenseActivation, LovenseLink
 from .menus import Menu, MenuItem, MenuWhitelist
 from .purchases import InvalidTransition, Purchase
-from .settings import Settings, get_settings
+from .runtime import Runtime
+from .settings import Settings
 from .users import Subscription, User
 
 __all__ = [
@@ -21,12 +22,9 @@ __all__ = [
     "MenuItem",
     "MenuWhitelist",
     "Purchase",
+    "Runtime",
     "Settings",
     "Subscription",
     "User",
     "audit",
-    "get_engine",
-    "get_settings",
-    "new_session",
-    "session_scope",
 ]

@@ -1,14 +1,12 @@
-"""Engine, session factory and the declarative base. One session per request and one per task."""
+"""The declarative base and engines. Sessions come from a process's Runtime (models/runtime.py): one session
+per request and one per task, never shared."""
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager
 from functools import lru_cache
 
 from sqlalchemy import MetaData, create_engine, event
-from sqlalchemy.orm import DeclarativeBase, sessionmaker
-
-from .settings import get_settings
+from sqlalchemy.orm import DeclarativeBase
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -43,30 +41,5 @@ def make_engine(url: str):
 
 @lru_cache(maxsize=4)
 def engine_for(url: str):
+    """One engine (one connection pool) per database URL and process, however many apps use it."""
     return make_engine(url)
-
-
-def get_engine():
-    return engine_for(get_settings().database_url)
-
-
-@lru_cache(maxsize=4)
-def _factory(url: str):
-    return sessionmaker(bind=engine_for(url), expire_on_commit=False)
-
-
-def new_session():
-    return _factory(get_settings().database_url)()
-
-
-@contextmanager
-def session_scope():
-    """A session for one unit of work: committed by the caller, rolled back and closed on any error."""
-    session = new_session()
-    try:
-        yield session
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()

@@ -1,4 +1,4 @@
-"""Lovense (DESIGN 5): a model's paired toy account and one activation record per purchase."""
+"""Lovense (docs/architecture.md, "Lovense"): a model's paired toy account and one activation record per purchase."""
 from __future__ import annotations
 
 import hashlib

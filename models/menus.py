@@ -7,6 +7,7 @@ from sqlalchemy import JSON, CheckConstraint, ForeignKey, Integer, String, Uniqu
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from .db import Base
+from .purchases import DEFAULT_DELIVERY_HOURS
 from .types import UTCDateTime, str_enum, utcnow
 from .users import Subscription, User
 
@@ -14,11 +15,8 @@ QUEUE_MODES = ("ON", "OFF")
 VISIBILITIES = ("public", "subscribers_only", "private")
 QUEUE_ORDERS = ("priority", "fifo")
 CARD_STYLES = ("modern", "premium", "luxury", "minimal")
-DEVICE_TYPES = ("vibrator", "pump", "all")
-PATTERNS = ("steady", "pulse", "wave", "custom")
 MAX_MENUS_PER_MODEL = 8
 MAX_ITEMS_PER_MENU = 50
-DEFAULT_DELIVERY_HOURS = 24
 
 
 class Menu(Base):

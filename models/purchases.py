@@ -1,8 +1,9 @@
-"""Purchases and their state machine (DESIGN 3)."""
+"""Purchases, their state machine and the rules of a purchase (docs/architecture.md, "The purchase")."""
 from __future__ import annotations
 
 import uuid
-from datetime import date, datetime
+from collections.abc import Callable
+from datetime import date, datetime, timedelta
 
 from sqlalchemy import (
     JSON,
@@ -27,6 +28,11 @@ TRANSACTION_TYPES = ("immediate", "queued")
 COUNTS_TOWARD_DAILY_LIMIT = ("pending", "queued", "in_progress", "completed")
 SETTLED_COUNTS_TOWARD_DAILY_LIMIT = ("queued", "in_progress", "completed")
 OPEN_QUEUE_STATUSES = ("queued", "in_progress")
+# Hours a Queue ON entry may wait to be performed before its escrow goes back to the fan, when neither the item
+# nor its menu says (a menu's delivery_hours_default starts at this value).
+DEFAULT_DELIVERY_HOURS = 24
+# Why a purchase is refused (at intake or at settlement), in the order the rules are checked.
+REFUSAL_REASONS = ("item_unavailable", "insufficient_balance", "daily_limit_reached", "queue_full")
 
 TRANSITIONS = {
     "pending": {"completed", "queued", "failed"},
@@ -122,3 +128,41 @@ def daily_count(session, fan_id, item_id, day: date, statuses=COUNTS_TOWARD_DAIL
             Purchase.status.in_(statuses),
         )
     )
+
+
+def refusal(
+    *,
+    available: bool,
+    price: int,
+    balance: int | None,
+    daily_max: int | None,
+    bought_today: Callable[[], int],
+    queued: bool,
+    queue_size: Callable[[], int],
+    queue_capacity: int,
+) -> str | None:
+    """Why a purchase may not be accepted (one of REFUSAL_REASONS), or None if it may.
+
+    The one home of the purchase rules: intake calls it as a precheck, settlement again under the fan's and the
+    model's locks, where its answer is final. `bought_today` (the fan's purchases of the item that count toward
+    the daily limit) and `queue_size` (the model's open queue entries) are asked only when the rule needs them,
+    since each may cost a query. A missing balance (no wallet) refuses like an empty one."""
+    if not available:
+        return "item_unavailable"
+    if balance is None or balance < price:
+        return "insufficient_balance"
+    if daily_max is not None and bought_today() >= daily_max:
+        return "daily_limit_reached"
+    if queued and queue_size() >= queue_capacity:
+        return "queue_full"
+    return None
+
+
+def delivery_hours_for(item_hours: int | None, menu_hours: int | None) -> int:
+    """The hours a Queue ON purchase may wait: the item's own, else its menu's default, else the platform's."""
+    return item_hours or menu_hours or DEFAULT_DELIVERY_HOURS
+
+
+def escrow_deadline(created_at: datetime, delivery_hours: int | None) -> datetime:
+    """When a queued purchase's escrow goes back to the fan if the model has not completed it."""
+    return created_at + timedelta(hours=delivery_hours or DEFAULT_DELIVERY_HOURS)

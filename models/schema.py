@@ -13,5 +13,7 @@ def alembic_config() -> Config:
     return Config(ALEMBIC_INI)
 
 
-def upgrade_head() -> None:
-    command.upgrade(alembic_config(), "head")
+def upgrade_head(database_url: str) -> None:
+    config = alembic_config()
+    config.attributes["database_url"] = database_url
+    command.upgrade(config, "head")

@@ -1,4 +1,5 @@
-"""One settings object, read from the environment, shared by the web and the worker processes.
+"""The settings: one object per process, read from the environment once at the process's entry point and
+passed on (the web keeps it on the Flask app, the worker on the Celery app: models/runtime.py).
 
 No configuration at all is the *embedded default*: a SQLite file, an in-process Redis stand-in and Celery
 tasks run inline, so the service can be tried without any server. DATABASE_URL / REDIS_URL select the real
@@ -7,12 +8,12 @@ deployment, and then secrets must come from the environment.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
-from functools import lru_cache
+from dataclasses import dataclass, field, fields
 from zoneinfo import ZoneInfo
 
 EMBEDDED_DATABASE_URL = "sqlite:///instance/perfmenu.db"
 EMBEDDED_SECRET = "embedded-mode-only-this-is-not-a-secret"
+MAX_SETTLE_LINGER_SECONDS = 2.0
 
 
 class ConfigError(RuntimeError):
@@ -104,7 +105,9 @@ class Settings:
 
     @classmethod
     def from_env(cls, env=None) -> "Settings":
+        """The settings of a process, read once at its entry point (web/wsgi.py, the CLI, worker/main.py)."""
         env = os.environ if env is None else env
+        d = {f.name: f.default for f in fields(cls)}  # the defaults, written once above
         database_url = env.get("DATABASE_URL") or EMBEDDED_DATABASE_URL
         # Accept the common postgres:// spelling and pick the psycopg 3 driver.
         for prefix in ("postgres://", "postgresql://"):
@@ -119,7 +122,7 @@ class Settings:
             secret = EMBEDDED_SECRET
         if redis_url is None and not embedded:
             raise ConfigError("REDIS_URL is required with DATABASE_URL (the worker needs a broker)")
-        tz = env.get("PERFMENU_TIME_ZONE") or "UTC"
+        tz = env.get("PERFMENU_TIME_ZONE") or d["day_time_zone"]
         try:
             ZoneInfo(tz)
         except Exception as exc:
@@ -129,39 +132,41 @@ class Settings:
             redis_url=redis_url,
             broker_url=env.get("CELERY_BROKER_URL") or redis_url,
             jwt_secret_key=secret,
-            access_token_minutes=_number(env, "JWT_ACCESS_MINUTES", 15),
-            refresh_token_days=_number(env, "JWT_REFRESH_DAYS", 30),
+            access_token_minutes=_number(env, "JWT_ACCESS_MINUTES", d["access_token_minutes"]),
+            refresh_token_days=_number(env, "JWT_REFRESH_DAYS", d["refresh_token_days"]),
             day_time_zone=tz,
-            purchase_wait_seconds=_number(env, "PURCHASE_WAIT_SECONDS", 1.5, float),
-            settle_batch_size=_number(env, "SETTLE_BATCH_SIZE", 100),
-            settle_linger_seconds=min(2.0, _number(env, "SETTLE_LINGER_SECONDS", 0.5, float)),
-            queue_capacity=_number(env, "QUEUE_CAPACITY", 50),
-            history_max_limit=_number(env, "HISTORY_MAX_LIMIT", 100),
-            broker_visibility_timeout=_number(env, "BROKER_VISIBILITY_TIMEOUT", 300),
-            pending_sweep_after_seconds=_number(env, "PENDING_SWEEP_AFTER_SECONDS", 30),
-            lovense_api_url=(env.get("LOVENSE_API_URL") or "https://api.lovense-api.com").rstrip("/"),
+            purchase_wait_seconds=_number(env, "PURCHASE_WAIT_SECONDS", d["purchase_wait_seconds"], float),
+            settle_batch_size=_number(env, "SETTLE_BATCH_SIZE", d["settle_batch_size"]),
+            settle_linger_seconds=min(MAX_SETTLE_LINGER_SECONDS,
+                                      _number(env, "SETTLE_LINGER_SECONDS", d["settle_linger_seconds"], float)),
+            queue_capacity=_number(env, "QUEUE_CAPACITY", d["queue_capacity"]),
+            history_max_limit=_number(env, "HISTORY_MAX_LIMIT", d["history_max_limit"]),
+            broker_visibility_timeout=_number(env, "BROKER_VISIBILITY_TIMEOUT", d["broker_visibility_timeout"]),
+            pending_sweep_after_seconds=_number(env, "PENDING_SWEEP_AFTER_SECONDS", d["pending_sweep_after_seconds"]),
+            lovense_api_url=(env.get("LOVENSE_API_URL") or d["lovense_api_url"]).rstrip("/"),
             lovense_developer_token=env.get("LOVENSE_DEVELOPER_TOKEN") or "",
-            lovense_enabled=_bool(env, "LOVENSE_ENABLED", True),
+            lovense_enabled=_bool(env, "LOVENSE_ENABLED", d["lovense_enabled"]),
             lovense_callback_secret=env.get("LOVENSE_CALLBACK_SECRET") or secret,
-            lovense_connect_timeout=_number(env, "LOVENSE_CONNECT_TIMEOUT", 3.05, float),
-            lovense_read_timeout=_number(env, "LOVENSE_READ_TIMEOUT", 10.0, float),
-            lovense_max_attempts=max(1, _number(env, "LOVENSE_MAX_ATTEMPTS", 5)),
-            lovense_backoff_seconds=_number(env, "LOVENSE_BACKOFF_SECONDS", 1.0, float),
-            lovense_backoff_max_seconds=_number(env, "LOVENSE_BACKOFF_MAX_SECONDS", 60.0, float),
-            lovense_rate_limit=max(1, _number(env, "LOVENSE_RATE_LIMIT", 20)),
-            lovense_rate_window_seconds=max(1, _number(env, "LOVENSE_RATE_WINDOW_SECONDS", 60)),
-            login_rate_limit=_rate(env, "RATE_LIMIT_LOGIN", "10 per minute"),
-            purchase_rate_limit=_rate(env, "RATE_LIMIT_PURCHASE", "30 per minute"),
-            pending_sweep_interval_seconds=_positive(env, "PENDING_SWEEP_INTERVAL_SECONDS", 15),
-            escrow_sweep_interval_seconds=_positive(env, "ESCROW_SWEEP_INTERVAL_SECONDS", 60),
-            queue_reconcile_interval_seconds=_positive(env, "QUEUE_RECONCILE_INTERVAL_SECONDS", 300),
-            activation_sweep_interval_seconds=_positive(env, "ACTIVATION_SWEEP_INTERVAL_SECONDS", 60),
+            lovense_connect_timeout=_number(env, "LOVENSE_CONNECT_TIMEOUT", d["lovense_connect_timeout"], float),
+            lovense_read_timeout=_number(env, "LOVENSE_READ_TIMEOUT", d["lovense_read_timeout"], float),
+            lovense_max_attempts=max(1, _number(env, "LOVENSE_MAX_ATTEMPTS", d["lovense_max_attempts"])),
+            lovense_backoff_seconds=_number(env, "LOVENSE_BACKOFF_SECONDS", d["lovense_backoff_seconds"], float),
+            lovense_backoff_max_seconds=_number(env, "LOVENSE_BACKOFF_MAX_SECONDS", d["lovense_backoff_max_seconds"],
+                                                float),
+            lovense_rate_limit=max(1, _number(env, "LOVENSE_RATE_LIMIT", d["lovense_rate_limit"])),
+            lovense_rate_window_seconds=max(1, _number(env, "LOVENSE_RATE_WINDOW_SECONDS",
+                                                       d["lovense_rate_window_seconds"])),
+            login_rate_limit=_rate(env, "RATE_LIMIT_LOGIN", d["login_rate_limit"]),
+            purchase_rate_limit=_rate(env, "RATE_LIMIT_PURCHASE", d["purchase_rate_limit"]),
+            pending_sweep_interval_seconds=_positive(env, "PENDING_SWEEP_INTERVAL_SECONDS",
+                                                     d["pending_sweep_interval_seconds"]),
+            escrow_sweep_interval_seconds=_positive(env, "ESCROW_SWEEP_INTERVAL_SECONDS",
+                                                    d["escrow_sweep_interval_seconds"]),
+            queue_reconcile_interval_seconds=_positive(env, "QUEUE_RECONCILE_INTERVAL_SECONDS",
+                                                       d["queue_reconcile_interval_seconds"]),
+            activation_sweep_interval_seconds=_positive(env, "ACTIVATION_SWEEP_INTERVAL_SECONDS",
+                                                        d["activation_sweep_interval_seconds"]),
             metrics_token=env.get("METRICS_TOKEN") or "",
-            log_level=(env.get("LOG_LEVEL") or "INFO").upper(),
-            trusted_proxies=_number(env, "TRUSTED_PROXIES", 0),
+            log_level=(env.get("LOG_LEVEL") or d["log_level"]).upper(),
+            trusted_proxies=_number(env, "TRUSTED_PROXIES", d["trusted_proxies"]),
         )
-
-
-@lru_cache(maxsize=1)
-def get_settings() -> Settings:
-    return Settings.from_env()

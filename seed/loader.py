@@ -1,6 +1,6 @@
 """Load menu templates (the platform's format: {"menuTemplates": [...]}) for a model.
 
-Templates are validated with the API's own schemas, so a file loads exactly what the API would accept. Each
+Templates are validated with the API's own menu schemas (models/menu_schemas.py), so a file loads exactly what the API would accept. Each
 menu remembers the template it came from (Menu.template_key = the template's name): loading a template the
 model already has changes nothing, so loading a file twice does not duplicate. A file loads whole or not at
 all (one transaction, committed by the caller)."""
@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from marshmallow import ValidationError
 from sqlalchemy import select
 
+from models.menu_schemas import MenuTemplatesFile
 from models.menus import Menu, create_menu
 from models.users import User
-from web.schemas import MenuTemplatesFile
 
 STARTER_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "menu_templates.json")
 

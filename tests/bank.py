@@ -14,7 +14,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,17 +24,17 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import requests
+from conftest import new_session, subprocess_env
 from fake_lovense import FakeLovense, hang, http_status
+from processes import ROOT, ProcessGroup, children_of, free_port, wait_port
 from sqlalchemy import func, select, text
 
-from models.db import new_session
 from models.ledger import Account, LedgerEntry, books_differences, top_up
 from models.lovense import LovenseActivation, LovenseLink
 from models.menus import Menu, MenuItem
 from models.purchases import Purchase
-from web.cli import create_user
+from models.users import create_user
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PASSWORD = "bank-pw"
 SETTLED_STATES = {"completed", "failed", "queued", "in_progress", "refunded"}
 # Ledger rows each final state must have (loyalty_award too when the item gives points).
@@ -52,72 +51,6 @@ ROWS_FOR = {
 
 TOY = {"enabled": True, "device_type": "vibrator", "intensity": 5, "duration_ms": 500, "timing_offset": 0,
        "pattern": "steady"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"nothing listens on {port}")
-
-
-def children_of(pid: int) -> list[int]:
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    stat = f.read()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                out.append(int(entry))
-    return out
-
-
-class Proc:
-    """A child process in its own process group."""
-
-    def __init__(self, name, argv, env, log_dir):
-        self.name, self.argv, self.env, self.log_dir = name, argv, env, log_dir
-        self.proc = None
-        self.starts = 0
-
-    def start(self):
-        self.starts += 1
-        log = open(os.path.join(self.log_dir, f"{self.name}.log"), "ab")
-        self.proc = subprocess.Popen(self.argv, cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-        log.close()
-        return self
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def kill(self, sig=signal.SIGKILL):
-        if self.alive():
-            try:
-                os.killpg(self.proc.pid, sig)
-            except ProcessLookupError:
-                pass
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-
-    def stop(self):
-        self.kill(signal.SIGTERM)
 
 
 @dataclass
@@ -166,11 +99,9 @@ class Cluster:
         self.lovense = FakeLovense()
         self.log_dir = tempfile.mkdtemp(prefix="perfmenu-bank-")
         self.redis_port, self.web_port = free_port(), free_port()
-        self.redis = Proc("redis", [shutil.which("redis-server"), "--port", str(self.redis_port), "--bind",
-                                    "127.0.0.1", "--save", "", "--appendonly", "no"], dict(os.environ), self.log_dir)
-        env = dict(os.environ)
-        env.update(
-            PYTHONPATH=ROOT + os.pathsep + env.get("PYTHONPATH", ""),
+        self.redis = self._process("redis", [shutil.which("redis-server"), "--port", str(self.redis_port), "--bind",
+                                             "127.0.0.1", "--save", "", "--appendonly", "no"], dict(os.environ))
+        env = subprocess_env(
             DATABASE_URL=database_url,
             REDIS_URL=f"redis://127.0.0.1:{self.redis_port}/0",
             CELERY_BROKER_URL=f"redis://127.0.0.1:{self.redis_port}/1",
@@ -187,16 +118,20 @@ class Cluster:
             LOVENSE_RATE_LIMIT="100000",
         )
         self.env = env
-        self.web = Proc("web", [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{self.web_port}",
-                                "--workers", str(cfg.web_workers), "--threads", "4", "--worker-class", "gthread",
-                                "--graceful-timeout", "5", "web.wsgi:app"], env, self.log_dir)
+        self.web = self._process("web", [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{self.web_port}",
+                                         "--workers", str(cfg.web_workers), "--threads", "4", "--worker-class",
+                                         "gthread", "--graceful-timeout", "5", "web.wsgi:app"], env)
         self.workers = [self._worker(i) for i in range(cfg.celery_workers)]
         self.base_url = f"http://127.0.0.1:{self.web_port}"
 
+    def _process(self, name, argv, env) -> ProcessGroup:
+        return ProcessGroup(name, argv, env, os.path.join(self.log_dir, f"{name}.log"))
+
     def _worker(self, i):
-        return Proc(f"worker{i}", [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--loglevel",
-                                   "WARNING", "--concurrency", "2", "-n", f"bank{i}-{uuid.uuid4().hex[:6]}@%h",
-                                   "--without-gossip", "--without-mingle"], self.env, self.log_dir)
+        return self._process(f"worker{i}", [sys.executable, "-m", "celery", "-A", "worker.main", "worker",
+                                            "--loglevel", "WARNING", "--concurrency", "2",
+                                            "-n", f"bank{i}-{uuid.uuid4().hex[:6]}@%h",
+                                            "--without-gossip", "--without-mingle"], self.env)
 
     def start(self):
         self.lovense.start()
@@ -565,7 +500,7 @@ def _pending_count() -> int:
         s.close()
 
 
-BEAT_JOBS = ("from datetime import timedelta; from models.types import utcnow; "
+BEAT_JOBS = ("from datetime import timedelta; from models.types import utcnow; import worker.main; "
              "from worker.tasks import settle, sweep_deadlines, reconcile, sweep_activations; "
              "print('swept', settle(), 'refunded', sweep_deadlines(), 'queues', reconcile(), "
              "'toys asked again', sweep_activations(utcnow() + timedelta(minutes=1)))")
@@ -614,7 +549,7 @@ def queue_differences(cluster: Cluster) -> list[str]:
     """Every model's Redis queue against its open entries in the database, member by member and in order."""
     import redis as redis_lib
 
-    from worker.queue import KEY_PREFIX, member, open_entries
+    from models.services.performance_queue import KEY_PREFIX, member, open_entries
 
     r = redis_lib.Redis(port=cluster.redis_port, decode_responses=True)
     diffs = []

@@ -7,13 +7,12 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 import pytest
 
@@ -38,20 +37,23 @@ LOVENSE_TEST_ENV = {
     "LOVENSE_BACKOFF_MAX_SECONDS": "0.2",
 }
 
-os.environ.update(
+# What the test run's processes are configured with: this process builds its Settings from it (apps may
+# replace fields: `make_settings`), and the Celery workers it starts get it in their environment.
+TEST_ENV = {
     **LOVENSE_TEST_ENV,
-    DATABASE_URL=DATABASE_URL,
-    REDIS_URL=REDIS_URL,
-    CELERY_BROKER_URL=BROKER_URL,
-    JWT_SECRET_KEY="test-secret-key-that-is-long-enough-for-hs256",
-    PURCHASE_WAIT_SECONDS=os.environ.get("PURCHASE_WAIT_SECONDS", "5"),
-    LOVENSE_ENABLED=os.environ.get("LOVENSE_ENABLED", "true"),
+    "DATABASE_URL": DATABASE_URL,
+    "REDIS_URL": REDIS_URL,
+    "CELERY_BROKER_URL": BROKER_URL,
+    "JWT_SECRET_KEY": "test-secret-key-that-is-long-enough-for-hs256",
+    "PURCHASE_WAIT_SECONDS": os.environ.get("PURCHASE_WAIT_SECONDS", "5"),
+    "LOVENSE_ENABLED": os.environ.get("LOVENSE_ENABLED", "true"),
     # Tests log in and buy far more often than a client may; the rate-limit tests set their own limits.
-    RATE_LIMIT_LOGIN=os.environ.get("RATE_LIMIT_LOGIN", "100000 per minute"),
-    RATE_LIMIT_PURCHASE=os.environ.get("RATE_LIMIT_PURCHASE", "100000 per minute"),
-)
+    "RATE_LIMIT_LOGIN": os.environ.get("RATE_LIMIT_LOGIN", "100000 per minute"),
+    "RATE_LIMIT_PURCHASE": os.environ.get("RATE_LIMIT_PURCHASE", "100000 per minute"),
+}
 # prometheus_client multiprocess mode, as in production: the test process and the Celery worker processes it
-# starts write their metrics to one directory, and GET /metrics adds them up. Set before prometheus_client loads.
+# starts write their metrics to one directory, and GET /metrics adds them up. prometheus_client reads this
+# variable from the environment when it loads (the one setting our code does not own), so it is set here.
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="perfmenu-test-metrics-")
     atexit.register(shutil.rmtree, os.environ["PROMETHEUS_MULTIPROC_DIR"], True)
@@ -62,14 +64,31 @@ from sqlalchemy import create_engine, select, text  # noqa: E402
 from sqlalchemy.engine import make_url  # noqa: E402
 from sqlalchemy.exc import OperationalError  # noqa: E402
 
-from models.db import Base, get_engine, new_session  # noqa: E402
+from models.db import Base  # noqa: E402
 from models.ledger import Account, LedgerEntry, books_differences, top_up  # noqa: E402
 from models.menus import Menu, MenuItem  # noqa: E402
 from models.purchases import Purchase  # noqa: E402
+from models.runtime import Runtime  # noqa: E402
 from models.schema import upgrade_head  # noqa: E402
-from web import create_app  # noqa: E402
-from worker.handoff import SCHEDULED_KEY  # noqa: E402
+from models.services.settle_signal import SCHEDULED_KEY  # noqa: E402
+from models.settings import Settings  # noqa: E402
 from models.users import create_user  # noqa: E402
+from processes import ProcessGroup  # noqa: E402
+from web import create_app  # noqa: E402
+from worker.celery_app import bind_runtime, celery  # noqa: E402
+
+SETTINGS = Settings.from_env({**os.environ, **TEST_ENV})
+RUNTIME = Runtime(SETTINGS)
+bind_runtime(RUNTIME)  # this process publishes tasks to the test workers, and calls some tasks' bodies directly
+
+
+def make_settings(**changes) -> Settings:
+    """The test run's settings with some fields changed, for an app or a call that needs them."""
+    return replace(SETTINGS, **changes)
+
+
+def new_session():
+    return RUNTIME.new_session()
 
 
 def _recreate_database(url: str) -> None:
@@ -84,9 +103,9 @@ def _recreate_database(url: str) -> None:
 @pytest.fixture(scope="session")
 def database():
     _recreate_database(DATABASE_URL)
-    upgrade_head()
-    yield get_engine()
-    get_engine().dispose()
+    upgrade_head(SETTINGS.database_url)
+    yield RUNTIME.engine
+    RUNTIME.engine.dispose()
 
 
 @pytest.fixture(scope="session")
@@ -97,7 +116,7 @@ def redis_client():
 
 
 def subprocess_env(**extra) -> dict:
-    env = dict(os.environ)
+    env = {**os.environ, **TEST_ENV}
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     env.update({k: str(v) for k, v in extra.items()})
     return env
@@ -107,38 +126,26 @@ class WorkerProcess:
     """A real `celery worker` process (prefork pool) on the test broker."""
 
     def __init__(self, concurrency: int = 2, **env):
-        self.concurrency = concurrency
-        self.env = env
-        self.proc = None
+        node = f"test-{uuid.uuid4().hex[:8]}"
+        self.node = node
+        self.group = ProcessGroup(node, [
+            sys.executable, "-m", "celery", "-A", "worker.main", "worker", "--loglevel", "WARNING",
+            "--concurrency", str(concurrency), "-n", f"{node}@%h", "--without-gossip", "--without-mingle",
+        ], subprocess_env(**env))
 
     def start(self, timeout: float = 60):
-        from worker.celery_app import celery
-
-        node = f"test-{uuid.uuid4().hex[:8]}@%h"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--loglevel", "WARNING",
-             "--concurrency", str(self.concurrency), "-n", node, "--without-gossip", "--without-mingle"],
-            cwd=ROOT,
-            env=subprocess_env(**self.env),
-            start_new_session=True,
-        )
+        self.group.start()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
+            if not self.group.alive():
                 raise RuntimeError("celery worker exited at start")
             replies = celery.control.ping(timeout=0.5)
-            if any(node.split("@")[0] in name for reply in replies for name in reply):
+            if any(self.node in name for reply in replies for name in reply):
                 return self
         raise RuntimeError("celery worker did not start")
 
     def stop(self):
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+        self.group.stop()
 
 
 @pytest.fixture(scope="session")
@@ -160,8 +167,10 @@ def fake_lovense():
 
 @pytest.fixture(autouse=True)
 def clean_state(request, redis_client):
-    """Every test starts with empty tables and an empty application Redis database, and with no settle task of
-    an earlier test still lingering (it holds the scheduled flag while it waits for more purchases)."""
+    """Every test starts with empty tables and an empty application Redis database, with no settle task of an
+    earlier test still lingering (it holds the scheduled flag while it waits for more purchases), and with the
+    Celery app bound to the test run's runtime (an app built with other settings rebinds it)."""
+    bind_runtime(RUNTIME)
     deadline = time.monotonic() + 10
     while redis_client.exists(SCHEDULED_KEY) and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -185,7 +194,7 @@ def clean_state(request, redis_client):
 
 @pytest.fixture
 def app(database):
-    app = create_app()
+    app = create_app(SETTINGS)
     app.config["TESTING"] = True
     return app
 
@@ -286,9 +295,7 @@ def wait_settled(client, headers, purchase_id, timeout=15.0) -> dict:
 
 
 def settle_tasks_running() -> int:
-    """Settle tasks the test worker is running now (one may linger after a purchase: worker/handoff.py)."""
-    from worker.celery_app import celery
-
+    """Settle tasks the test worker is running now (one may linger after a purchase: settle_signal.py)."""
     active = celery.control.inspect(timeout=2, limit=1).active() or {}
     return sum(t["name"] == "perfmenu.settle_purchases" for tasks in active.values() for t in tasks)
 

@@ -5,11 +5,11 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 import time_machine
-from conftest import assert_books_balance, balance
+from conftest import assert_books_balance, balance, make_settings, new_session
 
-from models.db import new_session
 from models.menus import MenuWhitelist
 from models.users import Subscription
+from web import create_app
 
 pytestmark = pytest.mark.usefixtures("celery_worker")
 
@@ -37,24 +37,17 @@ def test_daily_limit_counts_per_calendar_day(client, factory):
     assert_books_balance()
 
 
-def test_daily_limit_follows_the_configured_time_zone(client, factory, monkeypatch):
+def test_daily_limit_follows_the_configured_time_zone(client, factory):
     # 23:30 UTC on March 1 is already March 2 in Tokyo: a new day there.
-    from models.settings import get_settings
-
     fan, model = factory.user("fan", tokens=1000), factory.user("model")
     menu = factory.menu(model, items=[{"name": "Custom Video", "token_value": 10, "max_daily_purchases": 1}])
     with time_machine.travel(datetime(2030, 3, 1, 12, 0, tzinfo=timezone.utc), tick=True):
         assert buy(client, factory.headers(fan), menu).json["status"] == "completed"
-    monkeypatch.setenv("PERFMENU_TIME_ZONE", "Asia/Tokyo")
-    get_settings.cache_clear()
-    try:
-        with time_machine.travel(datetime(2030, 3, 1, 23, 30, tzinfo=timezone.utc), tick=True):
-            r = buy(client, factory.headers(fan), menu)
-            assert r.json["status"] == "completed", r.json
-            assert buy(client, factory.headers(fan), menu).json["error"]["code"] == "daily_limit_reached"
-    finally:
-        monkeypatch.delenv("PERFMENU_TIME_ZONE")
-        get_settings.cache_clear()
+    tokyo = create_app(make_settings(day_time_zone="Asia/Tokyo")).test_client()
+    with time_machine.travel(datetime(2030, 3, 1, 23, 30, tzinfo=timezone.utc), tick=True):
+        r = buy(tokyo, factory.headers(fan), menu)
+        assert r.json["status"] == "completed", r.json
+        assert buy(tokyo, factory.headers(fan), menu).json["error"]["code"] == "daily_limit_reached"
 
 
 @pytest.mark.parametrize("visibility", ["subscribers_only", "private"])

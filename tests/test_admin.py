@@ -5,15 +5,15 @@ import uuid
 from datetime import date, timedelta
 
 import pytest
-from conftest import assert_books_balance, balance, get_purchase, ledger_rows, run_concurrently
+from conftest import RUNTIME, assert_books_balance, balance, get_purchase, ledger_rows, run_concurrently
 from sqlalchemy import func, select, text
 
-from models.db import new_session
+from conftest import new_session
 from models.ledger import LedgerEntry
 from models.purchases import Purchase
 from models.types import utcnow
 from models.users import Subscription, User
-from worker import queue
+from models.services import performance_queue
 
 
 @pytest.fixture
@@ -188,11 +188,11 @@ def test_refund_where_the_state_allows_it_and_books_after_a_mixed_run(client, ad
     completed = buy(client, factory.headers(fans[0]), off, kiss, "d")["purchase_id"]
 
     # queued -> refunded, once; completed / failed / refunded -> 409.
-    assert queue.position(get_purchase(uuid.UUID(queued[0]))) is not None
+    assert performance_queue.position(get_purchase(uuid.UUID(queued[0])), RUNTIME.redis) is not None
     r = client.post(f"/admin/purchases/{queued[0]}/refund", json={"reason": "model_unavailable"}, headers=admin)
     assert r.status_code == 200, r.json
-    assert queue.position(get_purchase(uuid.UUID(queued[0]))) is None  # out of the model's Redis queue
-    assert queue.position(get_purchase(uuid.UUID(queued[1])))[0] == 1
+    assert performance_queue.position(get_purchase(uuid.UUID(queued[0])), RUNTIME.redis) is None  # out of the model's Redis queue
+    assert performance_queue.position(get_purchase(uuid.UUID(queued[1])), RUNTIME.redis)[0] == 1
     assert (r.json["status"], r.json["refund_reason"], r.json["loyalty_points_awarded"]) == (
         "refunded", "model_unavailable", 0)
     r = client.post(f"/admin/purchases/{queued[1]}/refund", json={}, headers=admin)

@@ -13,11 +13,11 @@ import pytest
 from conftest import get_purchase
 from flask_jwt_extended import create_access_token, create_refresh_token
 
-from models.db import new_session
+from conftest import SETTINGS, new_session
 from models.purchases import Purchase
 from models.types import utcnow
 from web import create_app
-from web.queue import REJECT_REASONS
+from web.queue_routes import REJECT_REASONS
 from worker.tasks import settle
 
 ANY = frozenset({"fan", "model", "admin"})
@@ -102,7 +102,7 @@ def app_routes(app) -> list[tuple[str, str]]:
     return sorted(found)
 
 
-_APP = create_app()
+_APP = create_app(SETTINGS)
 ALL_ROUTES = app_routes(_APP)
 PROTECTED = [r for r in ALL_ROUTES if ROUTES.get(r, "missing") is not PUBLIC]
 

@@ -7,7 +7,7 @@ import uuid
 
 from sqlalchemy import func, select, text
 
-from models.db import get_engine, new_session
+from conftest import RUNTIME, new_session
 from models.purchases import Purchase
 from models.types import utcnow
 
@@ -21,7 +21,7 @@ def test_database_connection_killed_mid_request_is_503_with_the_envelope_then_re
     headers = {**factory.headers(fan), "Idempotency-Key": "fault-1"}
     body = {"menu_id": str(menu.id), "item_id": str(item.id)}
 
-    blocker = get_engine().connect()
+    blocker = RUNTIME.engine.connect()
     tx = blocker.begin()
     now = utcnow()
     blocker.execute(Purchase.__table__.insert().values(
@@ -36,7 +36,7 @@ def test_database_connection_killed_mid_request_is_503_with_the_envelope_then_re
     try:
         victim = None
         for _ in range(100):
-            with get_engine().connect() as conn:
+            with RUNTIME.engine.connect() as conn:
                 victim = conn.execute(text(
                     "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
                     "AND wait_event_type = 'Lock' AND query ILIKE 'INSERT INTO purchases%'")).scalar()
@@ -71,11 +71,11 @@ def test_connection_killed_before_teardown_does_not_break_the_response(app, data
     with app.app_context():
         session = db()
         pid = session.execute(text("SELECT pg_backend_pid()")).scalar()  # a transaction is open now
-        with get_engine().connect() as conn:
+        with RUNTIME.engine.connect() as conn:
             conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
         time.sleep(0.2)
         close_db()  # must not raise
-    with get_engine().connect() as conn:  # the pool still serves working connections
+    with RUNTIME.engine.connect() as conn:  # the pool still serves working connections
         assert conn.execute(text("SELECT 1")).scalar() == 1
 
 
@@ -86,8 +86,7 @@ def test_toy_activation_whose_task_was_lost_is_asked_again_by_the_sweep(client, 
 
     from test_lovense import TEASE_LOW, pair, wait_activation
 
-    from models.settings import get_settings
-    from worker.settlement import settle_pending
+    from models.services.settlement import settle_pending
     from worker.tasks import sweep_activations
 
     fan, model = factory.user("fan", tokens=100), factory.user("model")
@@ -102,7 +101,7 @@ def test_toy_activation_whose_task_was_lost_is_asked_again_by_the_sweep(client, 
                      transaction_type="immediate", purchase_day=now.date(), created_at=now)
         s.add(p)
         s.commit()
-        settle_pending(s, get_settings(), [p.id])  # settled, but the follow-up (activation task) was lost
+        settle_pending(s, RUNTIME.settings, [p.id])  # settled, but the follow-up (activation task) was lost
         purchase_id = p.id
     finally:
         s.close()

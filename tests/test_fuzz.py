@@ -13,7 +13,8 @@ from schemathesis import checks
 from hypothesis import HealthCheck, settings
 from sqlalchemy import func, select, text
 
-from models.db import Base, new_session
+from conftest import SETTINGS, new_session
+from models.db import Base
 from web import create_app
 
 FAST_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "10"))
@@ -21,7 +22,7 @@ SLOW_EXAMPLES = int(os.environ.get("FUZZ_SLOW_EXAMPLES", "400"))
 
 
 # The document is read from an app built at import (conftest has set the environment); requests go to it too.
-schema = schemathesis.openapi.from_wsgi("/openapi.json", create_app())
+schema = schemathesis.openapi.from_wsgi("/openapi.json", create_app(SETTINGS))
 
 
 @pytest.fixture
@@ -223,7 +224,9 @@ def test_nul_character_reaching_the_database_is_422_not_500(client, shop):
 def test_verdict_wait_longer_than_the_redis_socket_timeout_is_not_an_error(database):
     import uuid
 
-    from worker.verdicts import wait_for_verdict
+    from conftest import RUNTIME
+
+    from models.services.verdicts import wait_for_verdict
 
     # The client's socket timeout is 5 s: a longer BLPOP used to raise (a 500 for a committed purchase).
-    assert wait_for_verdict(uuid.uuid4(), 6) is False
+    assert wait_for_verdict(RUNTIME.redis, uuid.uuid4(), 6) is False

@@ -7,15 +7,15 @@ import time
 import uuid
 
 import pytest
-from conftest import LOVENSE_TEST_ENV, assert_books_balance, balance, get_purchase
+from conftest import LOVENSE_TEST_ENV, RUNTIME, make_settings, assert_books_balance, balance, get_purchase
 from fake_lovense import OK, hang, http_status, reply_code
 from sqlalchemy import select
 
-from models.db import new_session
+from conftest import new_session
 from models.lovense import LovenseActivation, callback_utoken
-from models.settings import get_settings
-from worker import activations
-from worker.lovense import build_command
+from models.runtime import Runtime
+from models.services import activations
+from models.services.lovense_api import build_command
 from worker.tasks import activate_toy
 
 pytestmark = pytest.mark.usefixtures("celery_worker")
@@ -29,7 +29,7 @@ def lovense(device, intensity, seconds, offset_ms, pattern):
             "timing_offset": offset_ms, "pattern": pattern}
 
 
-# The seed's Lovense items (DESIGN 8).
+# The seed's Lovense items (the starter menus).
 TEASE_LOW = {"name": "Lovense Tease - Low", "token_value": 20, "bonus_loyalty_points": 10,
              "lovense_activation": lovense("vibrator", 5, 10, 500, "steady")}
 TEASE_MEDIUM = {"name": "Lovense Tease - Medium", "token_value": 50, "bonus_loyalty_points": 30,
@@ -140,7 +140,7 @@ def test_entry_refunded_before_its_lost_activation_ran_is_skipped_not_left_pendi
         s.close()
     assert client.post(f"/queue/{purchase_id}/reject", json={"reason": "other"},
                        headers=factory.headers(model)).status_code == 200
-    assert activations.run(purchase_id).status == "skipped"
+    assert activations.run(RUNTIME, purchase_id).status == "skipped"
     row = activation(purchase_id)
     assert (row.status, row.last_error, row.attempts) == ("skipped", "purchase_refunded", 0)
     assert fake_lovense.commands(uid=model.id) == []
@@ -226,14 +226,12 @@ def test_hanging_lovense_times_out_is_retried_and_finally_fails(client, factory,
 
 
 def test_unreachable_lovense_is_a_retryable_connection_error():
-    import socket
+    from processes import free_port
 
-    from worker.lovense import LovenseClient
+    from models.services.lovense_api import LovenseClient
 
-    with socket.socket() as sock:  # a port nobody listens on
-        sock.bind(("127.0.0.1", 0))
-        dead_port = sock.getsockname()[1]
-    lovense_client = LovenseClient(get_settings())
+    dead_port = free_port()  # a port nobody listens on
+    lovense_client = LovenseClient(RUNTIME.settings)
     lovense_client.base_url = f"http://127.0.0.1:{dead_port}"
     outcome = lovense_client.send("uid-1", build_command(TEASE_LOW["lovense_activation"]))
     assert (outcome.ok, outcome.error, outcome.retryable) == (False, "connection_error", True)
@@ -248,7 +246,7 @@ def test_task_delivered_several_times_sends_one_command(client, factory, fake_lo
     # ... and the same task arrives three more times: twice to the worker, once run here.
     activate_toy.apply_async(args=[str(purchase_id)])
     activate_toy.apply_async(args=[str(purchase_id)])
-    threading.Thread(target=activations.run, args=(purchase_id,)).start()
+    threading.Thread(target=activations.run, args=(RUNTIME, purchase_id)).start()
     row = wait_activation(purchase_id)
     time.sleep(1.0)
     assert row.status == "sent"
@@ -279,18 +277,13 @@ def test_item_without_activation_creates_no_record(client, factory, fake_lovense
     assert fake_lovense.commands() == []
 
 
-def test_kill_switch_skips(factory, fake_lovense, session, monkeypatch, client):
+def test_kill_switch_skips(factory, fake_lovense, session, client):
     fan = factory.user("fan", tokens=100)
     item = {**TEASE_LOW, "lovense_activation": {**TEASE_LOW["lovense_activation"], "timing_offset": 60_000}}
     model, menu = paired_model_with(client, factory, item)
     purchase_id = buy(client, factory, fan, menu, menu.created_items[0])  # the worker's run is a minute away
-    monkeypatch.setenv("LOVENSE_ENABLED", "false")
-    get_settings.cache_clear()
-    try:
-        assert activations.run(purchase_id).status == "skipped"
-    finally:
-        monkeypatch.undo()
-        get_settings.cache_clear()
+    switched_off = Runtime(make_settings(lovense_enabled=False))  # this process only
+    assert activations.run(switched_off, purchase_id).status == "skipped"
     row = activation(purchase_id)
     assert (row.status, row.last_error) == ("skipped", "disabled")
     assert fake_lovense.commands() == []
@@ -373,7 +366,7 @@ def test_build_command_ranges_and_backoff():
     assert build_command({**lovense("vibrator", 5, 1, 0, "steady"), "duration_ms": 1500})["timeSec"] == 2
     with pytest.raises(ValueError):
         build_command(lovense("laser", 5, 1, 0, "steady"))
-    settings = get_settings()
+    settings = RUNTIME.settings
     delays = [activations.backoff(n, settings) for n in (1, 2, 3, 10)]
     base, cap = settings.lovense_backoff_seconds, settings.lovense_backoff_max_seconds
     assert base / 2 <= delays[0] <= base and base <= delays[1] <= 2 * base
@@ -393,7 +386,7 @@ def test_no_developer_token_or_utoken_in_logs(client, factory, fake_lovense, cap
     menu = factory.menu(model, items=[item])
     purchase_id = buy(client, factory, fan, menu, menu.created_items[0])  # the worker's run is a minute away
     fake_lovense.script("/api/lan/v2/command", reply_code(501))
-    assert activations.run(purchase_id).status == "failed"  # here, so this process's logs are captured
+    assert activations.run(RUNTIME, purchase_id).status == "failed"  # here, so this process's logs are captured
     assert len(fake_lovense.commands()) == 1
     assert caplog.records
     assert TOKEN not in caplog.text and utoken not in caplog.text

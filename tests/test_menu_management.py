@@ -8,7 +8,7 @@ from conftest import get_purchase, ledger_rows
 from sqlalchemy import func, select
 
 from models.audit import AuditEvent
-from models.db import new_session
+from conftest import new_session
 from models.menus import MAX_ITEMS_PER_MENU, MAX_MENUS_PER_MODEL, Menu, MenuItem, MenuWhitelist
 
 LOVENSE = {"enabled": True, "device_type": "vibrator", "intensity": 10, "duration_ms": 15000,

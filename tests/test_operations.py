@@ -5,34 +5,30 @@ import io
 import json
 import logging
 import re
-import socket
-import subprocess
 import sys
 import time
 import uuid
-from dataclasses import replace
 from datetime import timedelta
 
 import pytest
-from conftest import (ROOT, Factory, assert_books_balance, balance, get_purchase, ledger_rows, subprocess_env,
-                      wait_for_idle_settlement)
+from conftest import (SETTINGS, Factory, assert_books_balance, balance, get_purchase, ledger_rows, make_settings,
+                      new_session, subprocess_env, wait_for_idle_settlement)
+from processes import ProcessGroup, free_port, start_redis_server
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select
 
-from models.db import new_session
+from models.infra.logs import JsonFormatter
 from models.purchases import Purchase, purchase_day_of
-from models.settings import get_settings
 from models.types import utcnow
 from web import create_app
-from worker.logs import JsonFormatter
 
-# Routes that need no token (DESIGN 7: login, health checks, the Lovense callback; metrics has its own token).
+# Routes that need no token (login, health checks, the Lovense callback; metrics has its own token).
 PUBLIC_ENDPOINTS = {"auth.login", "ops.healthz", "ops.readyz", "ops.prometheus_metrics"}
 PUBLIC_ENDPOINT_PATTERN = re.compile(r"callback", re.I)  # signed (HMAC) callbacks
 
 
 def make_app(**settings):
-    app = create_app(replace(get_settings(), **settings))
+    app = create_app(make_settings(**settings))
     app.config["TESTING"] = True
     return app
 
@@ -149,26 +145,6 @@ def test_login_rate_limit_per_client_address(database):
 
 # --- Health and readiness ----------------------------------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_redis(port: int) -> subprocess.Popen:
-    proc = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return proc
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("redis-server did not start")
-
-
 def test_healthz_and_readyz_follow_redis_down_and_back(database):
     port = free_port()
     app = make_app(redis_url=f"redis://127.0.0.1:{port}/0")
@@ -182,14 +158,13 @@ def test_healthz_and_readyz_follow_redis_down_and_back(database):
     assert r.json["checks"] == {"database": "ok", "redis": "down", "broker": "ok"}
     assert client.get("/healthz").status_code == 200  # the process is still up
 
-    server = start_redis(port)
+    server = start_redis_server(port)
     try:
         r = client.get("/readyz")
         assert r.status_code == 200, r.json
         assert r.json == {"status": "ready", "checks": {"database": "ok", "redis": "ok", "broker": "ok"}}
     finally:
         server.kill()
-        server.wait()
     r = client.get("/readyz")
     assert r.status_code == 503 and r.json["checks"]["redis"] == "down"
 
@@ -309,22 +284,9 @@ def test_worker_log_lines_carry_the_task_id(json_log):
 
 # --- Beat: the pending sweep -------------------------------------------------------------------------------------
 
-class BeatProcess:
-    def __init__(self, tmp_path, **env):
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "worker.celery_app", "beat", "--loglevel", "WARNING",
-             "--schedule", str(tmp_path / "beat-schedule")],
-            cwd=ROOT, env=subprocess_env(**env), start_new_session=True,
-        )
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+def start_beat(tmp_path, **env) -> ProcessGroup:
+    return ProcessGroup("beat", [sys.executable, "-m", "celery", "-A", "worker.main", "beat", "--loglevel", "WARNING",
+                                 "--schedule", str(tmp_path / "beat-schedule")], subprocess_env(**env)).start()
 
 
 @pytest.mark.usefixtures("celery_worker")
@@ -345,7 +307,7 @@ def test_beat_pending_sweep_settles_a_lost_purchase_and_leaves_settled_ones_alon
         settled.created_at = old  # old enough for the sweep too: it must still be left alone
         lost = Purchase(fan_id=fan.id, model_id=model.id, menu_id=menu.id, item_id=item.id, item_name=item.name,
                         token_value=item.token_value, loyalty_points=item.bonus_loyalty_points,
-                        transaction_type="immediate", purchase_day=purchase_day_of(old, get_settings().tz),
+                        transaction_type="immediate", purchase_day=purchase_day_of(old, SETTINGS.tz),
                         created_at=old)
         s.add(lost)
         s.commit()
@@ -356,7 +318,7 @@ def test_beat_pending_sweep_settles_a_lost_purchase_and_leaves_settled_ones_alon
     time.sleep(2)
     assert get_purchase(lost_id).status == "pending"  # nothing settles it but the sweep
 
-    beat = BeatProcess(tmp_path, PENDING_SWEEP_INTERVAL_SECONDS=1)
+    beat = start_beat(tmp_path, PENDING_SWEEP_INTERVAL_SECONDS=1)
     try:
         deadline = time.monotonic() + 30
         while get_purchase(lost_id).status == "pending" and time.monotonic() < deadline:

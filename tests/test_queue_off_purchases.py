@@ -7,7 +7,7 @@ import pytest
 from conftest import assert_books_balance, balance, get_purchase, ledger_rows, run_concurrently, wait_settled
 from sqlalchemy import func, select
 
-from models.db import new_session
+from conftest import new_session
 from models.purchases import Purchase
 from worker.tasks import settle, settle_purchases
 

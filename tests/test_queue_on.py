@@ -7,10 +7,10 @@ from datetime import timedelta
 
 import pytest
 import time_machine
-from conftest import assert_books_balance, balance, get_purchase, ledger_rows, run_concurrently
+from conftest import RUNTIME, assert_books_balance, balance, get_purchase, ledger_rows, run_concurrently
 
 from models.types import utcnow
-from worker import queue
+from models.services import performance_queue
 from worker.tasks import reconcile_queues, sweep_escrow_deadlines
 
 pytestmark = pytest.mark.usefixtures("celery_worker")
@@ -69,7 +69,7 @@ def assert_queue_everywhere(client, model_headers, fan_headers, entries, priorit
 
 def empty_queue_and_books(model):
     assert balance(model.id, "escrow") == 0
-    assert queue.get_redis().exists(*queue._keys(model.id)) == 0
+    assert RUNTIME.redis.exists(*performance_queue._keys(model.id)) == 0
     assert_books_balance()
 
 
@@ -245,21 +245,21 @@ def test_flush_then_reconcile_restores_every_entry_once(client, factory, redis_c
     mh1 = factory.headers(models[1])
     assert client.post(f"/queue/{done[0]}/start", headers=mh1).status_code == 200
     assert client.post(f"/queue/{done[0]}/complete", headers=mh1).status_code == 200
-    before = {m: redis_client.zrange(queue._keys(m)[0], 0, -1, withscores=True) for m in per_model}
+    before = {m: redis_client.zrange(performance_queue._keys(m)[0], 0, -1, withscores=True) for m in per_model}
 
     redis_client.flushdb()
     # A stale entry and a stray key that reconciliation must remove (the completed purchase).
-    stale = queue.member(get_purchase(uuid.UUID(done[0])))
-    redis_client.zadd(queue._keys(models[1].id)[0], {stale: -1})
-    redis_client.hset(queue._keys(models[1].id)[1], stale, 5)
+    stale = performance_queue.member(get_purchase(uuid.UUID(done[0])))
+    redis_client.zadd(performance_queue._keys(models[1].id)[0], {stale: -1})
+    redis_client.hset(performance_queue._keys(models[1].id)[1], stale, 5)
     totals = reconcile_queues()
     assert totals["added"] == 11 and totals["removed"] == 1
 
-    after = {m: redis_client.zrange(queue._keys(m)[0], 0, -1, withscores=True) for m in per_model}
+    after = {m: redis_client.zrange(performance_queue._keys(m)[0], 0, -1, withscores=True) for m in per_model}
     assert after == before
     for model_id, entries in per_model.items():
-        members = redis_client.zrange(queue._keys(model_id)[0], 0, -1)
-        assert sorted(queue.purchase_id_of(m) for m in members) == sorted(e[0] for e in entries)  # each once
+        members = redis_client.zrange(performance_queue._keys(model_id)[0], 0, -1)
+        assert sorted(performance_queue.purchase_id_of(m) for m in members) == sorted(e[0] for e in entries)  # each once
         assert api_places(client, {e[0]: fh for e in entries}) == expected_places(entries)
     assert reconcile_queues() == {"models": 2, "added": 0, "fixed": 0, "removed": 0}
 
@@ -276,7 +276,7 @@ def test_status_endpoint_repairs_a_flushed_queue_and_cli_rebuilds(app, client, f
     redis_client.flushdb()
     result = app.test_cli_runner().invoke(args=["rebuild-queues"])
     assert result.exit_code == 0 and "added=2" in result.output
-    assert queue.position(get_purchase(uuid.UUID(b))) == (1, 0)
+    assert performance_queue.position(get_purchase(uuid.UUID(b)), RUNTIME.redis) == (1, 0)
 
 
 def test_concurrent_complete_and_reject_exactly_one_wins(app, factory):
@@ -352,46 +352,40 @@ def test_only_the_owner_may_act_and_wrong_states_are_409(client, factory):
     assert_books_balance()
 
 
-def test_queue_capacity_holds_at_intake_and_within_one_settlement_batch(client, factory, session,
-                                                                         monkeypatch):
-    from conftest import wait_for_idle_settlement
+def test_queue_capacity_holds_at_intake_and_within_one_settlement_batch(factory, session):
+    from conftest import make_settings, wait_for_idle_settlement
 
     from models.purchases import Purchase, purchase_day_of
-    from models.settings import get_settings
-    from worker.settlement import settle_pending
+    from models.services.settlement import settle_pending
+    from web import create_app
 
-    monkeypatch.setenv("QUEUE_CAPACITY", "3")  # this process only: intake and the batch settled below
-    get_settings.cache_clear()
-    try:
-        settings = get_settings()
-        model, fans = factory.user("model"), [factory.user("fan", tokens=1000) for _ in range(4)]
-        menu = queue_menu(factory, model, order="fifo")
-        item = menu.created_items[0]
-        buy(client, factory.headers(fans[0]), menu, item)  # one entry open
-        wait_for_idle_settlement()
+    settings = make_settings(queue_capacity=3)  # this process only: intake and the batch settled below
+    client = create_app(settings).test_client()
+    model, fans = factory.user("model"), [factory.user("fan", tokens=1000) for _ in range(4)]
+    menu = queue_menu(factory, model, order="fifo")
+    item = menu.created_items[0]
+    buy(client, factory.headers(fans[0]), menu, item)  # one entry open
+    wait_for_idle_settlement()
 
-        # Three purchases that passed intake's precheck while the queue held one entry, settled in one batch:
-        # the batch counts its own entries, so it queues two and refuses the third.
-        now = utcnow()
-        pending = [Purchase(fan_id=f.id, model_id=model.id, menu_id=menu.id, item_id=item.id,
-                            item_name=item.name, token_value=item.token_value,
-                            loyalty_points=item.bonus_loyalty_points, estimated_duration_minutes=10,
-                            transaction_type="queued", purchase_day=purchase_day_of(now, settings.tz),
-                            created_at=now + timedelta(microseconds=i))
-                   for i, f in enumerate(fans[1:])]
-        session.add_all(pending)
-        session.commit()
-        settled = settle_pending(session, settings, [p.id for p in pending])
-        assert [(p.status, p.failure_reason) for p in settled] == [("queued", None), ("queued", None),
-                                                                   ("failed", "queue_full")]
-        assert [balance(f.id, "wallet") for f in fans] == [800, 800, 800, 1000]
+    # Three purchases that passed intake's precheck while the queue held one entry, settled in one batch:
+    # the batch counts its own entries, so it queues two and refuses the third.
+    now = utcnow()
+    pending = [Purchase(fan_id=f.id, model_id=model.id, menu_id=menu.id, item_id=item.id,
+                        item_name=item.name, token_value=item.token_value,
+                        loyalty_points=item.bonus_loyalty_points, estimated_duration_minutes=10,
+                        transaction_type="queued", purchase_day=purchase_day_of(now, settings.tz),
+                        created_at=now + timedelta(microseconds=i))
+               for i, f in enumerate(fans[1:])]
+    session.add_all(pending)
+    session.commit()
+    settled = settle_pending(session, settings, [p.id for p in pending])
+    assert [(p.status, p.failure_reason) for p in settled] == [("queued", None), ("queued", None),
+                                                               ("failed", "queue_full")]
+    assert [balance(f.id, "wallet") for f in fans] == [800, 800, 800, 1000]
 
-        # Full now: intake refuses at once and writes nothing.
-        r = client.post("/menu/purchase", json={"menu_id": str(menu.id), "item_id": str(item.id)},
-                        headers=factory.headers(fans[3]))
-        assert (r.status_code, r.json["error"]["code"]) == (409, "queue_full")
-        assert session.query(Purchase).filter_by(fan_id=fans[3].id).count() == 1
-        assert_books_balance()
-    finally:
-        monkeypatch.delenv("QUEUE_CAPACITY")
-        get_settings.cache_clear()
+    # Full now: intake refuses at once and writes nothing.
+    r = client.post("/menu/purchase", json={"menu_id": str(menu.id), "item_id": str(item.id)},
+                    headers=factory.headers(fans[3]))
+    assert (r.status_code, r.json["error"]["code"]) == (409, "queue_full")
+    assert session.query(Purchase).filter_by(fan_id=fans[3].id).count() == 1
+    assert_books_balance()

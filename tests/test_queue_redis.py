@@ -11,7 +11,9 @@ from types import SimpleNamespace
 import fakeredis
 import pytest
 
-from worker import queue
+from conftest import RUNTIME
+
+from models.services import performance_queue
 
 T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
 MODEL = uuid.uuid4()
@@ -36,7 +38,7 @@ def expected(entries):
 
 
 def positions(r, entries):
-    return {e.id: queue.position(e, r) for e in entries if e.status in ("queued", "in_progress")}
+    return {e.id: performance_queue.position(e, r) for e in entries if e.status in ("queued", "in_progress")}
 
 
 @pytest.fixture
@@ -47,7 +49,7 @@ def r():
 def test_priority_order_with_ties_then_fifo_and_in_progress_first(r):
     es = [entry(0, 100, 10), entry(1, 300, 20), entry(2, 200, 5), entry(3, 100, 7), entry(4, 300, 1),
           entry(5, 0, 3)]
-    queue.sync(es, r)
+    performance_queue.sync(es, r)
     got = positions(r, es)
     # 300 (t1), 300 (t4), 200, 100 (t0), 100 (t3), 0
     assert got[es[1].id] == (1, 0)
@@ -59,43 +61,43 @@ def test_priority_order_with_ties_then_fifo_and_in_progress_first(r):
     assert got == expected(es)
 
     es[3].status = "in_progress"  # the model starts the cheapest-but-one: it jumps to the front
-    queue.sync([es[3]], r)
+    performance_queue.sync([es[3]], r)
     assert positions(r, es) == expected(es)
-    assert queue.position(es[3], r) == (1, 0)
-    assert queue.position(es[1], r) == (2, 7)
+    assert performance_queue.position(es[3], r) == (1, 0)
+    assert performance_queue.position(es[1], r) == (2, 7)
 
     es[3].status = "completed"
     es[4].status = "refunded"
-    queue.sync([es[3], es[4]], r)
-    assert queue.position(es[3], r) is None
+    performance_queue.sync([es[3], es[4]], r)
+    assert performance_queue.position(es[3], r) is None
     assert positions(r, es) == expected(es)
-    assert queue.position(es[5], r) == (4, 35)
+    assert performance_queue.position(es[5], r) == (4, 35)
 
 
 def test_fifo_is_arrival_order_and_same_microsecond_is_stable(r):
     same = T0 + timedelta(seconds=9)
     es = [entry(i, 0, d) for i, d in enumerate([5, 50, 1, 0, 12])] + [entry(0, 0, 4, created=same),
                                                                        entry(0, 0, 6, created=same)]
-    queue.sync(es, r)
+    performance_queue.sync(es, r)
     assert positions(r, es) == expected(es)
-    assert [queue.position(e, r)[0] for e in es[:5]] == [1, 2, 3, 4, 5]
+    assert [performance_queue.position(e, r)[0] for e in es[:5]] == [1, 2, 3, 4, 5]
     es[1].status = "refunded"
-    queue.sync([es[1]], r)
+    performance_queue.sync([es[1]], r)
     assert positions(r, es) == expected(es)
 
 
 def test_sync_twice_changes_nothing_and_remove_of_an_absent_entry_is_harmless(r):
     es = [entry(i, 10 * (i % 3), i + 1) for i in range(8)]
-    queue.sync(es, r)
-    before = (r.zrange(queue._keys(MODEL)[0], 0, -1, withscores=True), r.hgetall(queue._keys(MODEL)[2]))
-    queue.sync(es, r)
-    assert (r.zrange(queue._keys(MODEL)[0], 0, -1, withscores=True), r.hgetall(queue._keys(MODEL)[2])) == before
+    performance_queue.sync(es, r)
+    before = (r.zrange(performance_queue._keys(MODEL)[0], 0, -1, withscores=True), r.hgetall(performance_queue._keys(MODEL)[2]))
+    performance_queue.sync(es, r)
+    assert (r.zrange(performance_queue._keys(MODEL)[0], 0, -1, withscores=True), r.hgetall(performance_queue._keys(MODEL)[2])) == before
     gone = entry(99, 5, 5, status="refunded")
-    queue.sync([gone], r)
+    performance_queue.sync([gone], r)
     assert positions(r, es) == expected(es)
     for e in es:
         e.status = "completed"
-    queue.sync(es, r)
+    performance_queue.sync(es, r)
     assert r.keys("perfmenu:queue:*") == []  # nothing left behind once the queue is empty
 
 
@@ -103,9 +105,9 @@ def test_models_have_separate_queues(r):
     other = uuid.uuid4()
     a = [entry(i, 50, 10) for i in range(3)]
     b = [entry(i, 50, 10, model_id=other) for i in range(2)]
-    queue.sync(a + b, r)
-    assert queue.position(b[1], r) == (2, 10)
-    assert queue.position(a[2], r) == (3, 20)
+    performance_queue.sync(a + b, r)
+    assert performance_queue.position(b[1], r) == (2, 10)
+    assert performance_queue.position(a[2], r) == (3, 20)
 
 
 def test_random_mix_matches_the_obvious_computation(r):
@@ -113,32 +115,32 @@ def test_random_mix_matches_the_obvious_computation(r):
 
     rnd = random.Random(7)
     es = [entry(i, rnd.choice([0, 100, 200, 200, 500]), rnd.choice([0, 3, 10, 30])) for i in range(60)]
-    queue.sync(es, r)
+    performance_queue.sync(es, r)
     for _ in range(40):
         e = rnd.choice(es)
         if e.status == "queued" and not any(x.status == "in_progress" for x in es) and rnd.random() < 0.3:
             e.status = "in_progress"
         elif e.status in ("queued", "in_progress"):
             e.status = rnd.choice(["completed", "refunded"])
-        queue.sync([e], r)
+        performance_queue.sync([e], r)
         assert positions(r, es) == expected(es)
 
 
 def test_position_lookup_on_a_10000_entry_queue_takes_under_2_ms(redis_client):
-    r = queue.get_redis()
+    r = RUNTIME.redis
     es = [entry(i, [500, 200, 1000, 200, 150, 0][i % 6], [5, 10, 0, 30, 10, 45][i % 5]) for i in range(10_000)]
     es[123].status = "in_progress"
     for i in range(0, len(es), 1000):
-        queue.sync(es[i:i + 1000], r)
+        performance_queue.sync(es[i:i + 1000], r)
     want = expected(es)
     last = max(es, key=lambda e: want[e.id][0])
-    assert queue.position(last, r) == want[last.id] and want[last.id][0] == 10_000
+    assert performance_queue.position(last, r) == want[last.id] and want[last.id][0] == 10_000
     for e in es[::997]:
-        assert queue.position(e, r) == want[e.id]
+        assert performance_queue.position(e, r) == want[e.id]
     timings = []
     for _ in range(200):
         t = time.perf_counter()
-        queue.position(last, r)
+        performance_queue.position(last, r)
         timings.append(time.perf_counter() - t)
     median_ms = statistics.median(timings) * 1000
     print(f"position lookup, 10,000 entries: median {median_ms:.3f} ms")

@@ -1,4 +1,4 @@
-"""Issue 5: the starter templates of DESIGN 8, the loader (idempotent, any file in the same format), the demo."""
+"""Issue 5: the starter templates of the product spec, the loader (idempotent, any file in the same format), the demo."""
 from __future__ import annotations
 
 import json
@@ -7,11 +7,11 @@ import re
 import pytest
 from sqlalchemy import func, select
 
-from models.db import new_session
+from conftest import new_session
 from models.menus import Menu, MenuItem
 from seed.loader import STARTER_FILE, TemplateError, load_templates, read_templates
 
-# DESIGN 8, written out independently of seed/menu_templates.json:
+# The product spec's starter menus, written out independently of seed/menu_templates.json:
 # name, tokens, points, category, max per day, delivery hours, Lovense (device, intensity, ms, offset ms, pattern)
 V, A = "vibrator", "all"
 EXPECTED = {

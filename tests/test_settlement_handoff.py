@@ -9,11 +9,11 @@ from conftest import (assert_books_balance, get_purchase, run_concurrently, wait
                       wait_settled)
 from sqlalchemy import func, select
 
-from models.db import new_session
+from conftest import new_session
 from models.purchases import Purchase
 
 from worker.celery_app import celery
-from worker.handoff import SCHEDULED_KEY
+from models.services.settle_signal import SCHEDULED_KEY
 from worker.tasks import settle_purchases
 
 pytestmark = pytest.mark.usefixtures("celery_worker")

@@ -7,9 +7,11 @@ from flask import Flask
 from flask_smorest import Api
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from models.settings import Settings, get_settings
+from models.runtime import Runtime
+from models.settings import Settings
+from worker import handoff
 
-from . import admin, auth, lovense, menu_manage, menus, ops, purchases, queue, wallet
+from . import admin, auth, lovense, menu_manage, menus, ops, purchases, queue_routes, wallet
 from .cli import register_cli
 from .deps import close_db
 from .errors import register_error_handlers
@@ -23,13 +25,17 @@ class PerfmenuApi(Api):
 
 
 def create_app(settings: Settings | None = None) -> Flask:
-    settings = settings or get_settings()
+    """The app, governed by `settings` in everything its requests use (database, Redis, limits, secrets).
+    Without settings (the `flask --app web` CLI) they are read from the environment, once, here."""
+    settings = settings or Settings.from_env()
+    runtime = Runtime(settings)
     app = Flask(__name__)
+    app.extensions["perfmenu"] = runtime
+    handoff.connect(runtime)  # the Celery app publishes (embedded: runs) tasks with this app's runtime
     if settings.trusted_proxies:
         # Behind N reverse proxies: take the client address (for the login rate limit) from X-Forwarded-For.
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxies, x_proto=settings.trusted_proxies)
     app.config.update(
-        PERFMENU_SETTINGS=settings,
         JWT_SECRET_KEY=settings.jwt_secret_key,
         JWT_ACCESS_TOKEN_EXPIRES=timedelta(minutes=settings.access_token_minutes),
         JWT_REFRESH_TOKEN_EXPIRES=timedelta(days=settings.refresh_token_days),
@@ -50,7 +56,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     auth.init_jwt(app)
     init_limiter(app, settings)
     api = PerfmenuApi(app)
-    blueprints = (ops.blp, auth.blp, menus.blp, menu_manage.blp, purchases.blp, queue.blp, wallet.blp, admin.blp,
+    blueprints = (ops.blp, auth.blp, menus.blp, menu_manage.blp, purchases.blp, queue_routes.blp, wallet.blp, admin.blp,
                   lovense.blp)
     for blueprint in blueprints:
         api.register_blueprint(blueprint)

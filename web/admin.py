@@ -11,18 +11,19 @@ from sqlalchemy.exc import IntegrityError
 
 from models.audit import audit
 from models.ledger import Account, LedgerEntry, books_differences, top_up
+from models.menu_schemas import Int
 from models.purchases import STATUSES, InvalidTransition, Purchase
 from models.types import utcnow
+from models.services import escrow
 from models.users import ROLES, USERNAME_MAX, Subscription, User, UsernameTaken, create_user
-from worker import escrow
-from worker.tasks import after_queue_change
+from worker.handoff import after_queue_change
 
 from .auth import current_user_id, role_required
-from .deps import db
+from .deps import db, runtime
 from .docs import error
 from .errors import ApiError
 from .purchases import PURCHASE_EXAMPLE, purchase_view
-from .schemas import Int, PurchaseOut
+from .schemas import PurchaseOut
 
 blp = Blueprint("admin", __name__, url_prefix="/admin", description="Operator actions (admin role)")
 
@@ -248,7 +249,7 @@ def refund_purchase(body, purchase_id):
         raise ApiError(409, "not_refundable", f"A {exc.current} purchase cannot be refunded",
                        status=exc.current) from None
     session.commit()
-    after_queue_change([purchase])  # the entry leaves the model's Redis queue
+    after_queue_change(runtime(), [purchase])  # the entry leaves the model's Redis queue
     return purchase_view(purchase)
 
 

@@ -5,21 +5,20 @@ import click
 from flask import Flask
 from sqlalchemy import select
 
-from models.db import session_scope
 from models.ledger import books_differences, top_up
 from models.menus import Menu
 from models.schema import upgrade_head
+from models.services import performance_queue
 from models.users import ROLES, User, UsernameTaken, create_user
-from worker import queue
 
-__all__ = ["register_cli", "create_user"]
+from .deps import runtime
 
 
 def register_cli(app: Flask) -> None:
     @app.cli.command("db-upgrade")
     def db_upgrade():
         """Create or upgrade the schema (alembic upgrade head)."""
-        upgrade_head()
+        upgrade_head(runtime().settings.database_url)
         click.echo("schema at head")
 
     @app.cli.command("create-user")
@@ -29,7 +28,7 @@ def register_cli(app: Flask) -> None:
     @click.option("--display-name", default=None)
     def create_user_cmd(username, password, role, display_name):
         """Create a user with the accounts their role needs."""
-        with session_scope() as session:
+        with runtime().session_scope() as session:
             try:
                 user = create_user(session, username, password, role, display_name)
             except UsernameTaken:
@@ -43,7 +42,7 @@ def register_cli(app: Flask) -> None:
     @click.option("--ref", default=None, help="Idempotency reference: the same ref tops up once.")
     def top_up_cmd(username, amount, ref):
         """Issue tokens to a fan's wallet (a ledgered top_up)."""
-        with session_scope() as session:
+        with runtime().session_scope() as session:
             user = session.scalar(select(User).where(User.username == username))
             if user is None or user.role != "fan":
                 raise click.ClickException("no fan with that username")
@@ -55,17 +54,17 @@ def register_cli(app: Flask) -> None:
     @click.option("--model-id", type=click.UUID, default=None, help="Only this model's queue.")
     def rebuild_queues(model_id):
         """Rebuild the Redis performance queues from the database (missing entries added, stale ones removed)."""
-        with session_scope() as session:
+        with runtime().session_scope() as session:
             if model_id is None:
-                totals = queue.rebuild_all(session)
+                totals = performance_queue.rebuild_all(session, runtime().redis)
             else:
-                totals = {"models": 1, **queue.rebuild(session, model_id)}
+                totals = {"models": 1, **performance_queue.rebuild(session, model_id, runtime().redis)}
         click.echo(" ".join(f"{k}={v}" for k, v in totals.items()))
 
     @app.cli.command("check-books")
     def check_books():
         """Recompute every balance from the ledger; exit 1 on any difference."""
-        with session_scope() as session:
+        with runtime().session_scope() as session:
             diffs = books_differences(session)
         for d in diffs:
             click.echo(d)
@@ -86,7 +85,7 @@ def register_cli(app: Flask) -> None:
             templates = read_templates(path or STARTER_FILE)
         except TemplateError as exc:
             raise click.ClickException(str(exc)) from None
-        with session_scope() as session:
+        with runtime().session_scope() as session:
             model = session.scalar(select(User).where(User.username == username, User.role == "model"))
             if model is None:
                 raise click.ClickException("no model with that username")
@@ -111,7 +110,7 @@ def register_cli(app: Flask) -> None:
 
         templates = read_templates(STARTER_FILE)
         passwords = {}
-        with session_scope() as session:
+        with runtime().session_scope() as session:
             users = {}
             for role in ("model", "fan"):
                 username, password = f"demo-{role}", secrets.token_urlsafe(9)

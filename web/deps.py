@@ -1,19 +1,30 @@
-"""Per-request resources: one database session per request, closed at teardown."""
+"""Per-request resources, all reached through the app's one Runtime (built by create_app from its settings):
+the settings, one database session per request (closed at teardown) and Redis."""
 from __future__ import annotations
 
 import logging
 
-from flask import g
+from flask import current_app, g
 from sqlalchemy.exc import DBAPIError
-
-from models.db import new_session
 
 log = logging.getLogger(__name__)
 
 
+def runtime():
+    return current_app.extensions["perfmenu"]
+
+
+def settings():
+    return runtime().settings
+
+
+def redis():
+    return runtime().redis
+
+
 def db():
     if "db" not in g:
-        g.db = new_session()
+        g.db = runtime().new_session()
     return g.db
 
 

@@ -24,7 +24,7 @@ logger_class = NoAccessLogger
 logconfig_dict = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"json": {"()": "worker.logs.JsonFormatter"}},
+    "formatters": {"json": {"()": "models.infra.logs.JsonFormatter"}},
     "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}},
     "root": {"level": os.environ.get("LOG_LEVEL", "INFO").upper(), "handlers": ["stderr"]},
     "loggers": {
@@ -36,7 +36,7 @@ logconfig_dict = {
 
 def child_exit(_server, worker):
     # prometheus_client multiprocess mode: forget a dead worker's live gauges.
-    from worker.metrics import mark_process_dead
+    from models.infra.metrics import mark_process_dead
 
     mark_process_dead(worker.pid)
 

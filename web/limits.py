@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import time
 
-from flask import current_app
 from flask_jwt_extended import get_jwt_identity, verify_jwt_in_request
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
+
+from .deps import settings
 
 limiter = Limiter(key_func=get_remote_address, headers_enabled=False, swallow_errors=True,
                   key_prefix="perfmenu:ratelimit")
@@ -34,11 +35,11 @@ def retry_after_seconds() -> int:
 
 
 def login_limit() -> str:
-    return current_app.config["PERFMENU_SETTINGS"].login_rate_limit
+    return settings().login_rate_limit
 
 
 def purchase_limit() -> str:
-    return current_app.config["PERFMENU_SETTINGS"].purchase_rate_limit
+    return settings().purchase_rate_limit
 
 
 def fan_key() -> str:

@@ -13,15 +13,14 @@ from sqlalchemy import func, select
 
 from models.audit import audit
 from models.lovense import ACTIVATION_STATUSES, LovenseActivation, LovenseLink, callback_utoken, utoken_valid
-from models.settings import get_settings
+from models.services.activations import reset_for_resend
+from models.services.lovense_api import LovenseError, client_for
 from models.types import utcnow
 from models.users import User
-from worker.activations import reset_for_resend
 from worker.handoff import request_activation
-from worker.lovense import LovenseError, get_client
 
 from .auth import current_user_id, role_required
-from .deps import db
+from .deps import db, settings
 from .docs import error, public
 from .errors import ApiError
 
@@ -100,14 +99,14 @@ def _link_view(link: LovenseLink | None) -> dict:
 @error(503, description="lovense_disabled: activations are switched off")
 def qr_code():
     """A QR code the model scans in the Lovense app to pair their toys with this account."""
-    settings = get_settings()
-    if not settings.lovense_enabled or not settings.lovense_developer_token:
+    config = settings()
+    if not config.lovense_enabled or not config.lovense_developer_token:
         raise ApiError(503, "lovense_disabled", "Lovense is switched off on this platform")
     model_id = current_user_id()
     # uid and uname are our model id: Lovense needs no personal data to pair.
-    utoken = callback_utoken(settings.lovense_callback_secret, model_id)
+    utoken = callback_utoken(config.lovense_callback_secret, model_id)
     try:
-        qr = get_client().qr_code(str(model_id), str(model_id), utoken)
+        qr = client_for(config).qr_code(str(model_id), str(model_id), utoken)
     except LovenseError as exc:
         raise ApiError(502, "lovense_unavailable", f"Lovense did not return a QR code ({exc.code})") from None
     return {"qr_url": qr["qr"], "code": qr["code"]}
@@ -126,7 +125,7 @@ def callback(body):
         model_id = uuid.UUID(body["uid"])
     except ValueError:
         model_id = None
-    secret = get_settings().lovense_callback_secret
+    secret = settings().lovense_callback_secret
     # Verify before any lookup, so a forged call learns nothing about which ids exist.
     if model_id is None or not utoken_valid(secret, model_id, body["utoken"]):
         raise ApiError(403, "invalid_utoken", "The callback could not be verified")

@@ -10,6 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
 from models.audit import audit
+from models.menu_schemas import MenuFieldsIn, MenuIn, MenuItemIn
 from models.menus import LimitReached, Menu, MenuItem, MenuWhitelist, add_item, create_menu, duplicate_menu
 from models.users import User
 
@@ -18,7 +19,7 @@ from .deps import db
 from .docs import error
 from .errors import ApiError
 from .menus import MENU_EXAMPLE, menu_view
-from .schemas import ItemOrderIn, MenuFieldsIn, MenuIn, MenuItemIn, MenuItemOut, MenuOut, WhitelistOut
+from .schemas import ItemOrderIn, MenuItemOut, MenuOut, WhitelistOut
 
 blp = Blueprint("menu_manage", __name__, url_prefix="/menu", description="A model's management of their own menus")
 

@@ -7,17 +7,18 @@ import time
 import uuid
 
 import redis
-from flask import Response, current_app, g, request
+from flask import Response, g, request
 from flask_smorest import Blueprint
 from marshmallow import Schema, fields
 from prometheus_client.core import GaugeMetricFamily
 from sqlalchemy import func, select, text
 
-from models.db import engine_for, new_session
+from models.db import engine_for
+from models.infra import metrics
+from models.infra.logs import request_id_var
 from models.purchases import OPEN_QUEUE_STATUSES, Purchase
-from worker import metrics
-from worker.logs import request_id_var
 
+from .deps import runtime, settings
 from .docs import error, public
 from .errors import error_response
 
@@ -54,7 +55,7 @@ def healthz():
        "has each dependency's state")
 def readyz():
     """The database, Redis and the Celery broker are reachable."""
-    checks = readiness(current_app.config["PERFMENU_SETTINGS"])
+    checks = readiness(settings())
     down = [name for name, state in checks.items() if state not in ("ok", "embedded")]
     if down:
         return error_response(503, "not_ready", "Not ready: " + ", ".join(down), checks=checks)
@@ -69,10 +70,10 @@ def readyz():
        "the request did not send it")
 def prometheus_metrics():
     """Prometheus metrics. Open unless METRICS_TOKEN is set; then send `Authorization: Bearer <METRICS_TOKEN>`."""
-    token = current_app.config["PERFMENU_SETTINGS"].metrics_token
+    token = settings().metrics_token
     if token and request.headers.get("Authorization") != f"Bearer {token}":
         return error_response(401, "unauthorized", "A bearer token is required")
-    body, content_type = metrics.exposition([QueueDepthCollector()])
+    body, content_type = metrics.exposition([QueueDepthCollector(runtime())])
     return Response(body, content_type=content_type)
 
 
@@ -124,9 +125,12 @@ class QueueDepthCollector:
     """perfmenu_queue_depth{model_id}: open queue entries (queued or in progress) per model, from the database
     at scrape time, so it is exact whichever process changed the queue."""
 
+    def __init__(self, runtime):
+        self.runtime = runtime
+
     def collect(self):
         gauge = GaugeMetricFamily("perfmenu_queue_depth", "Open queue entries per model", labels=["model_id"])
-        session = new_session()
+        session = self.runtime.new_session()
         try:
             rows = session.execute(
                 select(Purchase.model_id, func.count())

@@ -10,16 +10,16 @@ from sqlalchemy.exc import IntegrityError
 
 from models.ledger import Account
 from models.menus import Menu, MenuItem
-from models.purchases import Purchase, daily_count, purchase_day_of
-from models.settings import get_settings
+from models.infra import metrics
+from models.purchases import Purchase, daily_count, delivery_hours_for, purchase_day_of, refusal
+from models.services import performance_queue
+from models.services.settlement import open_queue_size_query
+from models.services.verdicts import wait_for_verdict
 from models.types import utcnow
-from worker import metrics, queue
 from worker.handoff import request_settlement
-from worker.settlement import open_queue_size_query
-from worker.verdicts import wait_for_verdict
 
 from .auth import current_role, current_user_id, role_required
-from .deps import db
+from .deps import db, redis, runtime, settings
 from .docs import error, rate_limited
 from .errors import ApiError
 from .limits import fan_key, limiter, purchase_limit
@@ -45,7 +45,7 @@ REFUSAL_MESSAGE = {
 
 def purchase_view(p: Purchase) -> dict:
     """The purchase as the API shows it; an open queue entry with its place and wait from the Redis queue."""
-    position, wait = queue.position_or_repair(db(), p) or (None, None)
+    position, wait = performance_queue.position_or_repair(db(), p, redis()) or (None, None)
     return {
         "success": p.status not in ("failed", "refunded"),
         "purchase_id": p.id,
@@ -91,7 +91,7 @@ PURCHASE_EXAMPLE = {
 
 def _settled_response(session, purchase: Purchase):
     """Wait briefly for the worker's verdict, then answer with the purchase as it stands."""
-    if purchase.status == "pending" and wait_for_verdict(purchase.id, get_settings().purchase_wait_seconds):
+    if purchase.status == "pending" and wait_for_verdict(redis(), purchase.id, settings().purchase_wait_seconds):
         session.refresh(purchase)
     body = purchase_view(purchase)
     if purchase.status == "pending":
@@ -157,7 +157,7 @@ def create_purchase(body):
 
     Send an `Idempotency-Key` header (or `idempotency_key` in the body) to make retries safe.
     Rate limited per fan (RATE_LIMIT_PURCHASE)."""
-    settings = get_settings()
+    config = settings()
     fan_id = current_user_id()
     key = request.headers.get("Idempotency-Key") or body.get("idempotency_key")
     if key is not None and not 1 <= len(key) <= 128:
@@ -175,18 +175,22 @@ def create_purchase(body):
     menu = load_visible_menu(session, body["menu_id"])
     if item is None:
         raise ApiError(404, "not_found", "No such item on this menu")
-    if not (item.is_active and menu.is_active):
-        refuse_at_intake("item_unavailable")
 
     now = utcnow()
-    day = purchase_day_of(now, settings.tz)
-    if balance is None or balance < item.token_value:
-        refuse_at_intake("insufficient_balance")
-    if item.max_daily_purchases is not None and daily_count(session, fan_id, item.id, day) >= item.max_daily_purchases:
-        refuse_at_intake("daily_limit_reached")
+    day = purchase_day_of(now, config.tz)
     queued = menu.queue_mode == "ON"
-    if queued and queue_size >= settings.queue_capacity:
-        refuse_at_intake("queue_full")
+    reason = refusal(
+        available=item.is_active and menu.is_active,
+        price=item.token_value,
+        balance=balance,
+        daily_max=item.max_daily_purchases,
+        bought_today=lambda: daily_count(session, fan_id, item.id, day),
+        queued=queued,
+        queue_size=lambda: queue_size,
+        queue_capacity=config.queue_capacity,
+    )
+    if reason is not None:
+        refuse_at_intake(reason)
 
     purchase = Purchase(
         fan_id=fan_id,
@@ -197,7 +201,7 @@ def create_purchase(body):
         token_value=item.token_value,
         loyalty_points=item.bonus_loyalty_points,
         estimated_duration_minutes=item.estimated_duration_minutes,
-        delivery_hours=item.delivery_hours or menu.delivery_hours_default,
+        delivery_hours=delivery_hours_for(item.delivery_hours, menu.delivery_hours_default),
         lovense_activation=item.lovense_activation,
         transaction_type="queued" if queued else "immediate",
         queue_priority=item.token_value if queued and menu.queue_order == "priority" else 0,
@@ -215,7 +219,7 @@ def create_purchase(body):
         if key is None or existing is None:
             raise
         return _replay(session, existing, body)
-    request_settlement(purchase.id)
+    request_settlement(runtime(), purchase.id)
     return _settled_response(session, purchase)
 
 
@@ -226,7 +230,7 @@ def create_purchase(body):
 def purchase_history(query):
     """The caller's purchases, newest first (a model sees purchases of their items)."""
     session = db()
-    limit = min(query["limit"], get_settings().history_max_limit)
+    limit = min(query["limit"], settings().history_max_limit)
     user_id = current_user_id()
     owner_column = Purchase.model_id if current_role() == "model" else Purchase.fan_id
     where = owner_column == user_id

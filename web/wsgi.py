@@ -1,8 +1,10 @@
-"""gunicorn entry point: `gunicorn -c python:web.gunicorn_conf web.wsgi:app`."""
-from models.settings import get_settings
-from worker.logs import configure_logging
+"""gunicorn entry point: `gunicorn -c python:web.gunicorn_conf web.wsgi:app`. The web process's one settings
+object is read from the environment here."""
+from models.infra.logs import configure_logging
+from models.settings import Settings
 
 from . import create_app
 
-configure_logging(get_settings().log_level)
-app = create_app()
+settings = Settings.from_env()
+configure_logging(settings.log_level)
+app = create_app(settings)

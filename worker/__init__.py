@@ -1,1 +1,2 @@
-"""Celery app, settlement and beat tasks, the Redis queue, the Lovense client."""
+"""The Celery side: the app (celery_app.py, entry point main.py), the tasks (tasks.py), and the web's one door
+in (handoff.py). The rules the tasks run live in models/services."""

@@ -1,20 +1,22 @@
 """The Celery app. Delivery is at-least-once (late acks, reject on worker loss, prefetch 1); every task is
-idempotent, so a redelivered task changes nothing twice. Tasks receive ids, never objects."""
+idempotent, so a redelivered task changes nothing twice. Tasks receive ids, never objects.
+
+The app gets its process's Runtime (settings, database, Redis) from `bind_runtime`: called by worker/main.py in
+the worker, beat and flower processes, and by the web's create_app, which publishes tasks (and, in embedded
+mode, runs them inline)."""
 from __future__ import annotations
 
 from celery import Celery
 from celery.signals import setup_logging, worker_process_init
 
-from models.db import get_engine
-from models.settings import get_settings
-
-from .logs import configure_logging
+from models.infra.logs import configure_logging
 
 celery = Celery("perfmenu", include=["worker.tasks"])
+celery.runtime = None
 
 
-def configure(app: Celery, settings) -> None:
-    app.conf.update(
+def celery_config(settings) -> dict:
+    return dict(
         broker_url=settings.broker_url or "memory://",
         broker_transport_options={"visibility_timeout": settings.broker_visibility_timeout},
         broker_connection_retry_on_startup=True,
@@ -36,8 +38,9 @@ def configure(app: Celery, settings) -> None:
 
 
 def beat_schedule(settings) -> dict:
-    """DESIGN 6. Run exactly one beat process. Tasks are scheduled by name. There is no daily-limit reset job:
-    daily limits are counted in the database per calendar day (Purchase.purchase_day), so nothing resets."""
+    """Beat's jobs (docs/architecture.md, "Beat"). Run exactly one beat process. Tasks are scheduled by name.
+    There is no daily-limit reset job: daily limits are counted in the database per calendar day
+    (Purchase.purchase_day), so nothing resets."""
     jobs = {
         "sweep-pending": ("perfmenu.sweep_pending", settings.pending_sweep_interval_seconds),
         "sweep-escrow-deadlines": ("perfmenu.sweep_escrow_deadlines", settings.escrow_sweep_interval_seconds),
@@ -51,16 +54,25 @@ def beat_schedule(settings) -> dict:
     }
 
 
-configure(celery, get_settings())
+def bind_runtime(runtime) -> None:
+    """Make `runtime` the one the tasks of this process use, and configure the app from its settings."""
+    celery.runtime = runtime
+    celery.conf.update(celery_config(runtime.settings))
+
+
+def runtime():
+    if celery.runtime is None:
+        raise RuntimeError("the Celery app has no runtime: start Celery with -A worker.main")
+    return celery.runtime
 
 
 @setup_logging.connect
 def _json_logs(loglevel=None, **_kwargs):
     # Connecting this signal stops Celery from installing its own handlers: worker, beat and flower log JSON.
-    configure_logging(loglevel or get_settings().log_level)
+    configure_logging(loglevel or runtime().settings.log_level)
 
 
 @worker_process_init.connect
 def _fresh_database_connections(**_kwargs):
     # A forked pool process must not reuse connections opened by its parent.
-    get_engine().dispose(close=False)
+    runtime().engine.dispose(close=False)

@@ -1,106 +1,38 @@
-"""The web process's one way to ask for settlement, called after the purchase is committed.
-
-A settle task settles *everything* pending (in batches, claiming rows with FOR UPDATE SKIP LOCKED), so the web
-publishes a task only when none is scheduled. A Redis flag (short TTL) promises "a claim will happen after
-now": the web sets it with SET NX and publishes only if it set it; the task keeps it set while it loops
-(every claim that found something is followed by another claim), and before it exits it deletes the flag and
-claims once more. So a purchase whose SET NX failed was committed before a claim that is still to come: no
-purchase is left behind. A failed publish drops the flag again; a lost message or a crashed task costs at
-most the TTL (the next purchase publishes) and beat's pending sweep settles what remains.
-
-An idle task does not end at once: it lingers (SETTLE_LINGER_SECONDS), blocked on a Redis list that every
-intake pushes to in the same round trip as its SET NX, and claims again as soon as something arrives. So under
-steady traffic a purchase is settled by a task already running, without a Celery round trip. A push made
-before the task starts waiting stays in the list, so no wake-up is lost; the task empties the list just before
-each claim, and that claim covers every purchase committed before it."""
+"""The web process's one door into the worker: everything the web asks of Celery goes through here, after
+its own commit. Ask for settlement (the Redis protocol is models/services/settle_signal.py), ask for a toy
+activation, run the side effects of a committed queue change, and bind the Celery app to the web's runtime."""
 from __future__ import annotations
 
 import logging
-import time
 
-from models.settings import get_settings
+from models.services import settle_signal
 
-from .redis_client import get_redis
+from .celery_app import bind_runtime
+from .tasks import after_queue_change, request_activation, settle_purchases
+
+__all__ = ["after_queue_change", "connect", "request_activation", "request_settlement"]
 
 log = logging.getLogger(__name__)
 
-SCHEDULED_KEY = "perfmenu:settle:scheduled"
-WAKE_KEY = "perfmenu:settle:wake"
-SCHEDULED_TTL_SECONDS = 5
-MAX_TASK_SECONDS = 10  # a lingering task still ends now and then, so a warm shutdown never waits on it
+
+def connect(runtime) -> None:
+    """Publish tasks (and, in embedded mode, run them inline) with the web's runtime; called by create_app."""
+    bind_runtime(runtime)
 
 
-def request_settlement(purchase_id) -> None:
-    from .tasks import settle_purchases
-
-    # Embedded mode runs tasks inline in the request's thread, and SQLite has no SKIP LOCKED: each request
-    # settles its own purchase there.
-    args = [[str(purchase_id)]] if get_settings().embedded else []
-    if not args:
-        try:
-            pipe = get_redis().pipeline(transaction=False)
-            pipe.set(SCHEDULED_KEY, "1", nx=True, ex=SCHEDULED_TTL_SECONDS)
-            pipe.rpush(WAKE_KEY, "1")
-            pipe.expire(WAKE_KEY, SCHEDULED_TTL_SECONDS)
-            if not pipe.execute()[0]:
-                return  # a claim is still to come (a scheduled task, or the running one's next or last claim)
-        except Exception:
-            log.exception("settlement flag unavailable; publishing", extra={"purchase_id": str(purchase_id)})
+def request_settlement(runtime, purchase_id) -> None:
+    """Make sure a committed pending purchase gets settled: publish a settle task unless one is promised."""
+    if runtime.settings.embedded:
+        # Tasks run inline in the request's thread, and SQLite has no SKIP LOCKED: each request settles its own
+        # purchase there.
+        args = [[str(purchase_id)]]
+    elif settle_signal.promise_claim(runtime.redis):
+        args = []
+    else:
+        return  # a claim is still to come (a scheduled task, or the running one's next or last claim)
     try:
         settle_purchases.apply_async(args=args)
     except Exception:
         # The purchase is committed as pending; the next hand-off or beat's pending sweep settles it.
         log.exception("settlement hand-off failed", extra={"purchase_id": str(purchase_id)})
-        release_scheduled()
-
-
-def wait_for_purchases(timeout: float) -> bool:
-    """Block up to `timeout` seconds for intake's wake-up; True if a purchase was committed since the list was
-    last emptied (keep_scheduled empties it; the caller claims next)."""
-    if timeout <= 0:
-        return False
-    try:
-        return get_redis().blpop([WAKE_KEY], timeout=timeout) is not None
-    except Exception:
-        log.exception("settlement wake-up list unavailable")
-        return False
-
-
-def lingering(started: float) -> bool:
-    """Whether a task started at `started` (time.monotonic()) that found nothing to settle should wait for
-    the next purchase (True: one arrived) rather than end."""
-    if time.monotonic() - started >= MAX_TASK_SECONDS:
-        return False
-    return wait_for_purchases(get_settings().settle_linger_seconds)
-
-
-def keep_scheduled() -> None:
-    """The settle task is about to claim: intake need not publish, and every wake-up pushed so far is answered
-    by that claim (so the list is emptied)."""
-    try:
-        pipe = get_redis().pipeline(transaction=False)
-        pipe.set(SCHEDULED_KEY, "1", ex=SCHEDULED_TTL_SECONDS)
-        pipe.delete(WAKE_KEY)
-        pipe.execute()
-    except Exception:
-        log.exception("could not refresh the settlement flag")
-
-
-def release_scheduled() -> None:
-    """The settle task is about to make its last claim: purchases committed from now on publish a new task."""
-    try:
-        get_redis().delete(SCHEDULED_KEY)
-    except Exception:
-        log.exception("could not clear the settlement flag; its TTL will")
-
-
-def request_activation(purchase_id, delay_ms: int = 0) -> None:
-    """Ask for the purchase's toy activation in `delay_ms` ms. Safe to call more than once: one activation per
-    purchase. Does nothing unless the purchase's lovense_activation is enabled; never raises."""
-    from .tasks import activate_toy
-
-    try:
-        activate_toy.apply_async(args=[str(purchase_id)], countdown=max(0, int(delay_ms or 0)) / 1000)
-    except Exception:
-        # A toy that does not buzz never undoes or blocks a purchase; an operator can re-send it.
-        log.exception("activation hand-off failed", extra={"purchase_id": str(purchase_id)})
+        settle_signal.release_scheduled(runtime.redis)

@@ -1,4 +1,4 @@
-"""Celery tasks. Each opens its own session and receives ids only."""
+"""Celery tasks: thin callers of models/services. Each opens its own session and receives ids only."""
 from __future__ import annotations
 
 import logging
@@ -6,33 +6,37 @@ import time
 import uuid
 from datetime import timedelta
 
-from .celery_app import celery
-
 from sqlalchemy import or_, select
 
-from models.db import session_scope
+from models.infra.metrics import count_settled
 from models.ledger import lock_accounts
 from models.lovense import LovenseActivation, activation_enabled
 from models.purchases import OPEN_QUEUE_STATUSES, Purchase
-from models.settings import get_settings
+from models.services import activations, escrow, performance_queue, settle_signal
+from models.services.settlement import settle_pending
+from models.services.verdicts import publish_verdicts
 from models.types import utcnow
 
-from . import activations, escrow, queue
-from .handoff import keep_scheduled, lingering, release_scheduled, request_activation
-from .metrics import count_settled
-from .settlement import settle_pending
-from .verdicts import publish_verdicts
+from .celery_app import celery, runtime
 
 log = logging.getLogger(__name__)
 
 
-def after_settlement(purchases) -> None:
+def after_settlement(rt, purchases) -> None:
     """Side effects that follow a committed settlement; none of them can undo it."""
     count_settled(purchases)
-    queue.sync(purchases)  # before the verdict, so the waiting request finds its queue position
-    publish_verdicts(purchases)
+    performance_queue.sync(purchases, rt.redis)  # before the verdict, so the waiting request finds its position
+    publish_verdicts(rt.redis, purchases)
     # Queue OFF: the toy runs timing_offset ms after settlement (Queue ON: when the model starts the entry).
     _request_activations(p for p in purchases if p.status == "completed")
+
+
+def after_queue_change(rt, purchases) -> None:
+    """Side effects that follow a committed queue transition (start, complete, reject, cancel, deadline
+    refund); none of them can undo it."""
+    performance_queue.sync(purchases, rt.redis)
+    # A Queue ON item's toy runs timing_offset ms after the model starts the entry.
+    _request_activations(p for p in purchases if p.status == "in_progress")
 
 
 def _request_activations(purchases) -> None:
@@ -41,69 +45,74 @@ def _request_activations(purchases) -> None:
             request_activation(p.id, delay_ms=p.lovense_activation.get("timing_offset") or 0)
 
 
-def after_queue_change(purchases) -> None:
-    """Side effects that follow a committed queue transition (start, complete, reject, cancel, deadline
-    refund); none of them can undo it."""
-    queue.sync(purchases)
-    # Lovense (DESIGN 5): a Queue ON item's toy runs timing_offset ms after the model starts the entry.
-    _request_activations(p for p in purchases if p.status == "in_progress")
+def request_activation(purchase_id, delay_ms: int = 0) -> None:
+    """Ask for the purchase's toy activation in `delay_ms` ms. Safe to call more than once: one activation per
+    purchase. Does nothing unless the purchase's lovense_activation is enabled; never raises."""
+    try:
+        activate_toy.apply_async(args=[str(purchase_id)], countdown=max(0, int(delay_ms or 0)) / 1000)
+    except Exception:
+        # A toy that does not buzz never undoes or blocks a purchase; an operator can re-send it.
+        log.exception("activation hand-off failed", extra={"purchase_id": str(purchase_id)})
 
 
 def settle(purchase_ids=None, older_than=None) -> int:
     """Settle the given pending purchases, or every pending one (older than `older_than`) in batches."""
-    settings = get_settings()
+    rt = runtime()
+    batch_size = rt.settings.settle_batch_size
     ids = [uuid.UUID(str(i)) for i in purchase_ids] if purchase_ids else None
     total = 0
     while True:
-        with session_scope() as session:
-            settled = settle_pending(session, settings, ids, settings.settle_batch_size, older_than)
-        after_settlement(settled)
+        with rt.session_scope() as session:
+            settled = settle_pending(session, rt.settings, ids, batch_size, older_than)
+        after_settlement(rt, settled)
         total += len(settled)
         for p in settled:
             log.info("purchase settled", extra={"purchase_id": str(p.id), "status": p.status})
-        if ids is not None or len(settled) < settings.settle_batch_size:
+        if ids is not None or len(settled) < batch_size:
             return total
 
 
 @celery.task(name="perfmenu.settle_purchases")
 def settle_purchases(purchase_ids=None) -> int:
-    """With ids: settle those. Without (the web's hand-off, worker/handoff.py): settle whatever is pending,
-    oldest first, lingering briefly for the next purchase when idle, until a claim made after the scheduled
-    flag was dropped finds nothing."""
+    """With ids: settle those. Without (the web's hand-off, models/services/settle_signal.py): settle whatever
+    is pending, oldest first, lingering briefly for the next purchase when idle, until a claim made after the
+    scheduled flag was dropped finds nothing."""
     if purchase_ids is not None:
         return settle(purchase_ids)
+    rt = runtime()
     total = 0
     started = time.monotonic()
     try:
         while True:
-            keep_scheduled()
+            settle_signal.keep_scheduled(rt.redis)
             settled = settle()
-            if not settled and not lingering(started):
-                release_scheduled()
+            if not settled and not settle_signal.lingering(rt.redis, rt.settings.settle_linger_seconds, started):
+                settle_signal.release_scheduled(rt.redis)
                 settled = settle()
                 if not settled:
                     return total
             total += settled
     except BaseException:
-        release_scheduled()
+        settle_signal.release_scheduled(rt.redis)
         raise
 
 
 @celery.task(name="perfmenu.sweep_pending")
 def sweep_pending() -> int:
     """Beat's safety net: settle purchases left pending (crash between commit and enqueue, lost message)."""
-    threshold = utcnow() - timedelta(seconds=get_settings().pending_sweep_after_seconds)
+    threshold = utcnow() - timedelta(seconds=runtime().settings.pending_sweep_after_seconds)
     return settle(older_than=threshold)
 
 
 def sweep_deadlines(now=None) -> int:
     """Refund every open queue entry whose escrow deadline has passed, in batches. Rows another transaction
     holds (a model acting on them right now) are skipped and looked at again on the next run."""
-    batch_size = get_settings().settle_batch_size
+    rt = runtime()
+    batch_size = rt.settings.settle_batch_size
     now = now or utcnow()
     total = 0
     while True:
-        with session_scope() as session:
+        with rt.session_scope() as session:
             due = list(session.scalars(
                 select(Purchase)
                 .where(Purchase.status.in_(OPEN_QUEUE_STATUSES), Purchase.escrow_deadline <= now)
@@ -117,7 +126,7 @@ def sweep_deadlines(now=None) -> int:
                 for p in due:
                     escrow.refund(session, p, "deadline_passed", now=now)
             session.commit()
-        after_queue_change(due)
+        after_queue_change(rt, due)
         total += len(due)
         for p in due:
             log.info("escrow deadline passed: refunded", extra={"purchase_id": str(p.id)})
@@ -132,8 +141,9 @@ def sweep_escrow_deadlines() -> int:
 
 def reconcile() -> dict:
     """Repair every model's Redis queue from the database."""
-    with session_scope() as session:
-        totals = queue.rebuild_all(session)
+    rt = runtime()
+    with rt.session_scope() as session:
+        totals = performance_queue.rebuild_all(session, rt.redis)
     log.info("queues reconciled", extra=totals)
     return totals
 
@@ -152,7 +162,7 @@ def sweep_activations(now=None) -> int:
     again for every recent purchase that should have one and has no row, or whose pending row's lease ran out.
     Asking twice is safe: one activation per purchase, and a claimed row is left to its task."""
     now = now or utcnow()
-    with session_scope() as session:
+    with runtime().session_scope() as session:
         missing = session.scalars(
             select(Purchase)
             .outerjoin(LovenseActivation, LovenseActivation.purchase_id == Purchase.id)
@@ -165,7 +175,8 @@ def sweep_activations(now=None) -> int:
         due += list(session.scalars(
             select(LovenseActivation.purchase_id).where(
                 LovenseActivation.status == "pending",
-                or_(LovenseActivation.locked_until.is_(None), LovenseActivation.locked_until < now - ACTIVATION_SWEEP_GRACE))
+                or_(LovenseActivation.locked_until.is_(None),
+                    LovenseActivation.locked_until < now - ACTIVATION_SWEEP_GRACE))
         ))
     for purchase_id in due:
         request_activation(purchase_id)
@@ -179,8 +190,8 @@ def sweep_activations_task() -> int:
 
 @celery.task(name="perfmenu.activate_toy")
 def activate_toy(purchase_id, claim=None) -> str:
-    """One step of a purchase's toy activation (see worker/activations.py); re-enqueues itself to retry."""
-    step = activations.run(purchase_id, claim)
+    """One step of a purchase's toy activation (models/services/activations.py); re-enqueues itself to retry."""
+    step = activations.run(runtime(), purchase_id, claim)
     if step.delay is not None:
         if celery.conf.task_always_eager:
             time.sleep(step.delay)  # embedded mode runs tasks inline, where a countdown would be ignored

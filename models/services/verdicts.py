@@ -9,8 +9,6 @@ import logging
 
 import redis
 
-from .redis_client import get_redis
-
 log = logging.getLogger(__name__)
 
 VERDICT_TTL_SECONDS = 60
@@ -20,25 +18,24 @@ def _key(purchase_id) -> str:
     return f"perfmenu:verdict:{purchase_id}"
 
 
-def publish_verdicts(purchases) -> None:
+def publish_verdicts(client, purchases) -> None:
     if not purchases:
         return
-    pipe = get_redis().pipeline(transaction=False)
+    pipe = client.pipeline(transaction=False)
     for p in purchases:
         pipe.rpush(_key(p.id), p.status)
         pipe.expire(_key(p.id), VERDICT_TTL_SECONDS)
     pipe.execute()
 
 
-def wait_for_verdict(purchase_id, timeout: float) -> bool:
+def wait_for_verdict(client, purchase_id, timeout: float) -> bool:
     """Block up to `timeout` seconds for the verdict; True if one arrived."""
     if timeout <= 0:
         return False
-    r = get_redis()
     try:
         # Moving the list's head to its own tail leaves the verdict there for any other request waiting on the
         # same purchase (an idempotent retry), in one command.
-        if r.blmove(_key(purchase_id), _key(purchase_id), timeout, "LEFT", "RIGHT") is None:
+        if client.blmove(_key(purchase_id), _key(purchase_id), timeout, "LEFT", "RIGHT") is None:
             return False
     except redis.RedisError:
         # Redis down or slower than the socket timeout: the purchase is committed, the caller re-reads it

@@ -6,18 +6,13 @@ from functools import lru_cache
 
 import redis
 
-from models.settings import get_settings
-
 
 @lru_cache(maxsize=4)
-def _client_for(url: str | None):
+def redis_for(url: str | None):
+    """One client (one connection pool) per Redis URL and process; None: the embedded stand-in."""
     if url is None:
         import fakeredis
 
         return fakeredis.FakeRedis(decode_responses=True)
     return redis.Redis.from_url(url, decode_responses=True, socket_timeout=5, socket_connect_timeout=2,
                                 health_check_interval=30)
-
-
-def get_redis():
-    return _client_for(get_settings().redis_url)

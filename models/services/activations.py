@@ -1,6 +1,6 @@
 """Toy activations: one per purchase, one command in flight per model, a per-model rate cap, retries.
 
-`run(purchase_id, claim)` does one step for one purchase and returns what the task should do next:
+`run(runtime, purchase_id, claim)` does one step for one purchase and returns what the task should do next:
 - it creates the purchase's activation row if missing (UNIQUE purchase_id) and claims it atomically (an UPDATE
   that only succeeds if the row is `pending` and unclaimed, or claimed by this task's own `claim` token, or its
   lease ran out), so a task delivered twice sends at most one command;
@@ -24,16 +24,12 @@ from datetime import timedelta
 from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from models.audit import audit
-from models.db import session_scope
-from models.lovense import LovenseActivation, LovenseLink, activation_enabled
-from models.purchases import Purchase
-from models.settings import get_settings
-from models.types import utcnow
-
-from .lovense import InvalidActivation, build_command, get_client
-from .metrics import LOVENSE_ATTEMPTS
-from .redis_client import get_redis
+from ..audit import audit
+from ..infra.metrics import LOVENSE_ATTEMPTS
+from ..lovense import LovenseActivation, LovenseLink, activation_enabled
+from ..purchases import Purchase
+from ..types import utcnow
+from .lovense_api import InvalidActivation, build_command, client_for
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +111,7 @@ def _claim(session, purchase_id, mine: str | None, lease_seconds: float) -> str 
     return token if result.rowcount == 1 else None
 
 
-def _finish(purchase_id, claim: str, status: str, error: str | None = None, attempted: bool = False) -> Next:
+def _finish(runtime, purchase_id, claim: str, status: str, error: str | None = None, attempted: bool = False) -> Next:
     """Record a final outcome (sent, failed, skipped) if this task still holds the claim."""
     now = utcnow()
     values = {"status": status, "last_error": error, "claim_token": None, "locked_until": None, "updated_at": now}
@@ -123,7 +119,7 @@ def _finish(purchase_id, claim: str, status: str, error: str | None = None, atte
         values.update(attempts=LovenseActivation.attempts + 1, last_attempt_at=now)
     if status == "sent":
         values["sent_at"] = now
-    with session_scope() as session:
+    with runtime.session_scope() as session:
         row = session.execute(
             update(LovenseActivation)
             .where(LovenseActivation.purchase_id == purchase_id, LovenseActivation.claim_token == claim)
@@ -138,13 +134,13 @@ def _finish(purchase_id, claim: str, status: str, error: str | None = None, atte
     return Next(status)
 
 
-def _again(purchase_id, claim: str, delay: float, lease: float, error: str | None = None) -> Next:
+def _again(runtime, purchase_id, claim: str, delay: float, lease: float, error: str | None = None) -> Next:
     """Keep the claim over `delay` seconds and ask to be run again; with `error`, count a failed attempt."""
     now = utcnow()
     values = {"locked_until": now + timedelta(seconds=delay + lease), "updated_at": now}
     if error is not None:
         values.update(attempts=LovenseActivation.attempts + 1, last_error=error, last_attempt_at=now)
-    with session_scope() as session:
+    with runtime.session_scope() as session:
         session.execute(
             update(LovenseActivation)
             .where(LovenseActivation.purchase_id == purchase_id, LovenseActivation.claim_token == claim)
@@ -155,11 +151,11 @@ def _again(purchase_id, claim: str, delay: float, lease: float, error: str | Non
     return Next("pending", delay, claim)
 
 
-def run(purchase_id, claim: str | None = None) -> Next:
-    settings = get_settings()
+def run(runtime, purchase_id, claim: str | None = None) -> Next:
+    settings = runtime.settings
     purchase_id = uuid.UUID(str(purchase_id))
     lease = settings.lovense_connect_timeout + settings.lovense_read_timeout + LEASE_MARGIN_SECONDS
-    with session_scope() as session:
+    with runtime.session_scope() as session:
         purchase = session.get(Purchase, purchase_id)
         if purchase is None or not activation_enabled(purchase.lovense_activation):
             return Next("none")
@@ -173,45 +169,45 @@ def run(purchase_id, claim: str | None = None) -> Next:
             return Next("duplicate" if activatable else "none")
         if not activatable:
             # Refunded after the model started it, before the toy was reached: never buzz, never leave it pending.
-            return _finish(purchase_id, token, "skipped", f"purchase_{purchase.status}")
+            return _finish(runtime, purchase_id, token, "skipped", f"purchase_{purchase.status}")
         row = session.scalar(select(LovenseActivation).where(LovenseActivation.purchase_id == purchase_id))
         link = session.get(LovenseLink, purchase.model_id)
         model_id, spec, attempts = purchase.model_id, purchase.lovense_activation, row.attempts
         uid = link.uid if link is not None else None
     if not settings.lovense_enabled:
-        return _finish(purchase_id, token, "skipped", "disabled")
+        return _finish(runtime, purchase_id, token, "skipped", "disabled")
     if not settings.lovense_developer_token:
-        return _finish(purchase_id, token, "skipped", "not_configured")
+        return _finish(runtime, purchase_id, token, "skipped", "not_configured")
     if uid is None:
-        return _finish(purchase_id, token, "skipped", "unpaired")
+        return _finish(runtime, purchase_id, token, "skipped", "unpaired")
     try:
         command = build_command(spec)
     except InvalidActivation:
-        return _finish(purchase_id, token, "failed", "invalid_activation")
+        return _finish(runtime, purchase_id, token, "failed", "invalid_activation")
 
-    redis = get_redis()
+    redis = runtime.redis
     lock = acquire_model_lock(redis, model_id, settings.lovense_connect_timeout + settings.lovense_read_timeout + 5)
     if lock is None:
-        return _again(purchase_id, token, BUSY_RETRY_SECONDS * random.uniform(1, 2), lease)
+        return _again(runtime, purchase_id, token, BUSY_RETRY_SECONDS * random.uniform(1, 2), lease)
     try:
         wait = take_rate_slot(redis, model_id, settings.lovense_rate_limit, settings.lovense_rate_window_seconds)
         if wait > 0:
-            return _again(purchase_id, token, wait + random.uniform(0, 0.5), lease)
-        outcome = get_client().send(uid, command)
+            return _again(runtime, purchase_id, token, wait + random.uniform(0, 0.5), lease)
+        outcome = client_for(settings).send(uid, command)
     finally:
         release_model_lock(redis, model_id, lock)
 
     if outcome.ok:
         LOVENSE_ATTEMPTS.labels(result="sent").inc()
-        return _finish(purchase_id, token, "sent", attempted=True)
+        return _finish(runtime, purchase_id, token, "sent", attempted=True)
     attempt = attempts + 1
     if outcome.retryable and attempt < settings.lovense_max_attempts:
         LOVENSE_ATTEMPTS.labels(result="retry").inc()
         log.info("lovense attempt failed, retrying",
                  extra={"purchase_id": str(purchase_id), "error": outcome.error, "attempt": attempt})
-        return _again(purchase_id, token, backoff(attempt, settings), lease, outcome.error)
+        return _again(runtime, purchase_id, token, backoff(attempt, settings), lease, outcome.error)
     LOVENSE_ATTEMPTS.labels(result="failed").inc()
-    return _finish(purchase_id, token, "failed", outcome.error, attempted=True)
+    return _finish(runtime, purchase_id, token, "failed", outcome.error, attempted=True)
 
 
 def reset_for_resend(session, purchase_id) -> LovenseActivation | None:

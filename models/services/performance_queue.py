@@ -1,4 +1,4 @@
-"""The performance queue (Queue ON, DESIGN 4): one Redis sorted set per model, the database the source of truth.
+"""The performance queue (Queue ON; docs/architecture.md, "The performance queue"): one Redis sorted set per model, the database the source of truth.
 
 An open entry (a purchase `queued` or `in_progress`) is the member f"{created_at_us:017d}:{purchase_id}" with
 score -queue_priority, and the entry in progress has a score below every other. Redis orders equal scores by
@@ -22,9 +22,7 @@ from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import case, select
 
-from models.purchases import OPEN_QUEUE_STATUSES, Purchase
-
-from .redis_client import get_redis
+from ..purchases import OPEN_QUEUE_STATUSES, Purchase
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +163,7 @@ def open_entries(session, model_id) -> list[Purchase]:
     )
 
 
-def sync(purchases, redis=None) -> None:
+def sync(purchases, redis) -> None:
     """Bring Redis in line with these committed purchases: open ones in (at their current score), others out.
 
     Called after commit; a Redis failure is logged and left to the reconciliation, never raised."""
@@ -173,9 +171,8 @@ def sync(purchases, redis=None) -> None:
     if not purchases:
         return
     try:
-        r = redis or get_redis()
-        set_entry, remove_entry, _clear, _position = _scripts.get(r)
-        pipe = r.pipeline(transaction=True)
+        set_entry, remove_entry, _clear, _position = _scripts.get(redis)
+        pipe = redis.pipeline(transaction=True)
         for p in purchases:
             keys, prefix = _keys(p.model_id), _level_prefix(p.model_id)
             if p.status in OPEN_QUEUE_STATUSES:
@@ -188,16 +185,15 @@ def sync(purchases, redis=None) -> None:
                       extra={"purchase_ids": [str(p.id) for p in purchases]})
 
 
-def position(p: Purchase, redis=None) -> tuple[int, int] | None:
+def position(p: Purchase, redis) -> tuple[int, int] | None:
     """(queue_position, estimated_wait_minutes) of an open entry, or None if Redis does not hold it."""
-    r = redis or get_redis()
-    got = _scripts.get(r)[3](keys=_keys(p.model_id), args=[_level_prefix(p.model_id), member(p)])
+    got = _scripts.get(redis)[3](keys=_keys(p.model_id), args=[_level_prefix(p.model_id), member(p)])
     if got is None:
         return None
     return int(got[0]), int(got[1])
 
 
-def position_or_repair(session, p: Purchase, redis=None) -> tuple[int, int] | None:
+def position_or_repair(session, p: Purchase, redis) -> tuple[int, int] | None:
     """Like `position`, but an open entry missing from Redis (flushed, a lost write) makes this call rebuild
     its model's queue from the database first. None for an entry that is not open, or when Redis is down."""
     if p.transaction_type != "queued" or p.status not in OPEN_QUEUE_STATUSES:
@@ -213,17 +209,16 @@ def position_or_repair(session, p: Purchase, redis=None) -> tuple[int, int] | No
         return None
 
 
-def rebuild(session, model_id, redis=None) -> dict:
+def rebuild(session, model_id, redis) -> dict:
     """Make one model's Redis queue equal to its open entries in the database: add what is missing, fix a wrong
     score or duration, remove what is stale; touch nothing else. Returns counts of what changed.
 
     Redis is read before the database, so an entry that closes in between is removed rather than kept, and an
     entry added in between is set again (a no-op). Only an entry that closes between the database read and the
     write below can be re-added; the next run removes it."""
-    r = redis or get_redis()
-    set_entry, remove_entry, clear, _position = _scripts.get(r)
+    set_entry, remove_entry, clear, _position = _scripts.get(redis)
     keys, prefix = _keys(model_id), _level_prefix(model_id)
-    read = r.pipeline(transaction=True)
+    read = redis.pipeline(transaction=True)
     read.zrange(keys[0], 0, -1, withscores=True)
     read.hgetall(keys[1])
     read.hgetall(keys[2])
@@ -238,10 +233,10 @@ def rebuild(session, model_id, redis=None) -> dict:
     if not index_ok:
         to_set, stale = wanted, set()
     if to_set or stale or not index_ok:
-        write = r.pipeline(transaction=True)
+        write = redis.pipeline(transaction=True)
         if not index_ok:
             clear(keys=keys, args=[prefix], client=write)
-            orphans = list(r.scan_iter(match=f"{prefix}*", count=500))
+            orphans = list(redis.scan_iter(match=f"{prefix}*", count=500))
             if orphans:
                 write.delete(*orphans)
         for m in stale:
@@ -256,17 +251,16 @@ def rebuild(session, model_id, redis=None) -> dict:
     }
 
 
-def rebuild_all(session, redis=None) -> dict:
+def rebuild_all(session, redis) -> dict:
     """Rebuild every model's queue: those with open entries in the database and those with keys in Redis."""
-    r = redis or get_redis()
     model_ids = {str(m) for m in session.scalars(
         select(Purchase.model_id).where(Purchase.status.in_(OPEN_QUEUE_STATUSES)).distinct()
     )}
-    for key in r.scan_iter(match=f"{KEY_PREFIX}*", count=500):
+    for key in redis.scan_iter(match=f"{KEY_PREFIX}*", count=500):
         model_ids.add(key[len(KEY_PREFIX):].split(":", 1)[0])
     totals = {"models": 0, "added": 0, "fixed": 0, "removed": 0}
     for model_id in sorted(m for m in model_ids if _is_uuid(m)):
-        counts = rebuild(session, uuid.UUID(model_id), r)
+        counts = rebuild(session, uuid.UUID(model_id), redis)
         session.rollback()  # end the read transaction: one short snapshot per model
         totals["models"] += 1
         for k, v in counts.items():

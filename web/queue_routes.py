@@ -1,6 +1,6 @@
 """The performance queue (Queue ON): the model lists, starts, completes and rejects entries; the fan cancels.
 
-Each action is one transaction with the purchase row locked (`worker.escrow`), so two actions on one entry
+Each action is one transaction with the purchase row locked (models/services/escrow.py), so two actions on one entry
 serialize and the second gets 409; Redis is updated after the commit. Only the owning model (or, for a cancel,
 the owning fan) may act: anyone else gets 404, as if the entry did not exist."""
 from __future__ import annotations
@@ -9,12 +9,12 @@ from flask_smorest import Blueprint
 from marshmallow import Schema, fields, validate
 
 from models.purchases import InvalidTransition
-from worker import escrow
-from worker.queue import open_entries
-from worker.tasks import after_queue_change
+from models.services import escrow
+from models.services.performance_queue import open_entries
+from worker.handoff import after_queue_change
 
 from .auth import current_user_id, role_required
-from .deps import db
+from .deps import db, runtime
 from .docs import error
 from .errors import ApiError
 from .purchases import PURCHASE_EXAMPLE, purchase_view
@@ -112,7 +112,7 @@ def _act(purchase_id, owner: str, action):
         session.rollback()
         raise ApiError(409, "already_in_progress", "Another entry is in progress: complete or reject it first") from None
     session.commit()
-    after_queue_change([purchase])
+    after_queue_change(runtime(), [purchase])
     return purchase_view(purchase)
 
 

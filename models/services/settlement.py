@@ -2,21 +2,26 @@
 
 One transaction settles a batch: claim pending purchases with FOR UPDATE SKIP LOCKED (two workers never
 settle the same purchase, and neither waits for the other), lock every account involved in account-id order,
-re-check what intake only prechecked, post the ledger rows and set the status. A purchase that is no longer
+re-check what intake only prechecked (models.purchases.refusal), post the ledger rows and set the status. A purchase that is no longer
 `pending` is never claimed, and the ledger's UNIQUE (purchase, kind) backs that up, so a redelivered task,
 a retry or a crash half-way changes the books at most once.
 """
 from __future__ import annotations
 
-from datetime import timedelta
-
 from sqlalchemy import func, select
 
-from models.audit import audit
-from models.ledger import lock_accounts, post
-from models.menus import Menu, MenuItem
-from models.purchases import OPEN_QUEUE_STATUSES, SETTLED_COUNTS_TOWARD_DAILY_LIMIT, Purchase, daily_count
-from models.types import utcnow
+from ..audit import audit
+from ..ledger import lock_accounts, post
+from ..menus import Menu, MenuItem
+from ..purchases import (
+    OPEN_QUEUE_STATUSES,
+    SETTLED_COUNTS_TOWARD_DAILY_LIMIT,
+    Purchase,
+    daily_count,
+    escrow_deadline,
+    refusal,
+)
+from ..types import utcnow
 
 
 def claim_pending(session, purchase_ids=None, limit: int = 100, older_than=None):
@@ -66,22 +71,25 @@ def settle_pending(session, settings, purchase_ids=None, limit: int = 100, older
 
 
 def _refusal(session, settings, purchase, item, menu, accounts, queue_sizes) -> str | None:
-    if not (item.is_active and menu.is_active):
-        return "item_unavailable"
-    if accounts[(purchase.fan_id, "wallet")].balance < purchase.token_value:
-        return "insufficient_balance"
-    if item.max_daily_purchases is not None:
-        settled_today = daily_count(
-            session, purchase.fan_id, purchase.item_id, purchase.purchase_day, SETTLED_COUNTS_TOWARD_DAILY_LIMIT
-        )
-        if settled_today >= item.max_daily_purchases:
-            return "daily_limit_reached"
-    if purchase.transaction_type == "queued":
+    """The purchase rules under lock. The purchase itself is still pending, so the daily count takes settled
+    purchases only; a model's queue size is counted once per batch (`queue_sizes`)."""
+
+    def queue_size() -> int:
         if purchase.model_id not in queue_sizes:
             queue_sizes[purchase.model_id] = open_queue_size(session, purchase.model_id)
-        if queue_sizes[purchase.model_id] >= settings.queue_capacity:
-            return "queue_full"
-    return None
+        return queue_sizes[purchase.model_id]
+
+    return refusal(
+        available=item.is_active and menu.is_active,
+        price=purchase.token_value,
+        balance=accounts[(purchase.fan_id, "wallet")].balance,
+        daily_max=item.max_daily_purchases,
+        bought_today=lambda: daily_count(session, purchase.fan_id, purchase.item_id, purchase.purchase_day,
+                                         SETTLED_COUNTS_TOWARD_DAILY_LIMIT),
+        queued=purchase.transaction_type == "queued",
+        queue_size=queue_size,
+        queue_capacity=settings.queue_capacity,
+    )
 
 
 def open_queue_size_query(model_id):
@@ -129,5 +137,5 @@ def _hold_in_escrow(session, purchase, accounts, now) -> None:
         purchase.token_value,
         purchase_id=purchase.id,
     )
-    purchase.escrow_deadline = purchase.created_at + timedelta(hours=purchase.delivery_hours or 24)
+    purchase.escrow_deadline = escrow_deadline(purchase.created_at, purchase.delivery_hours)
     purchase.transition("queued", now)

@@ -1,4 +1,4 @@
-"""The Lovense Standard API client, server mode (DESIGN 5), on one `requests.Session` with timeouts.
+"""The Lovense Standard API client, server mode (docs/architecture.md, "Lovense"), on one `requests.Session` with timeouts.
 
 `build_command` turns an item's lovense_activation snapshot into the command body (without token and uid);
 `LovenseClient.send` posts it and classifies the outcome; `LovenseClient.qr_code` asks for a pairing QR code.
@@ -23,8 +23,7 @@ from functools import lru_cache
 
 import requests
 
-from models.lovense import DEVICE_TYPES, PATTERNS
-from models.settings import get_settings
+from ..lovense import DEVICE_TYPES, PATTERNS
 
 COMMAND_PATH = "/api/lan/v2/command"
 QR_PATH = "/api/lan/getQrCode"
@@ -132,10 +131,7 @@ class LovenseClient:
         return {"qr": data["qr"], "code": data.get("code")}
 
 
-@lru_cache(maxsize=1)
-def _client_for(settings) -> LovenseClient:
+@lru_cache(maxsize=4)
+def client_for(settings) -> LovenseClient:
+    """One client (one HTTP connection pool) per settings object and process."""
     return LovenseClient(settings)
-
-
-def get_client() -> LovenseClient:
-    return _client_for(get_settings())

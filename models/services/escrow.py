@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from models.audit import audit
-from models.ledger import lock_accounts, post
-from models.purchases import InvalidTransition, Purchase
-from models.types import utcnow
+from ..audit import audit
+from ..ledger import lock_accounts, post
+from ..purchases import InvalidTransition, Purchase
+from ..types import utcnow
 
 from .settlement import award_points
 
