@@ -57,7 +57,7 @@ from sqlalchemy.engine import make_url  # noqa: E402
 
 from models.runtime import Runtime  # noqa: E402
 from models.settings import Settings  # noqa: E402
-from tests.processes import ProcessGroup, children_of  # noqa: E402
+from tests.processes import ProcessGroup, children_of, wait_http  # noqa: E402
 
 # This driver's own settings: the same as the processes it starts.
 RUNTIME = Runtime(Settings.from_env(ENV))
@@ -103,18 +103,11 @@ def start_web(app_module: str | None = None, **env) -> ProcessGroup:
 
 
 def _wait_ready(proc: ProcessGroup, path: str) -> ProcessGroup:
-    import urllib.request
-
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{PORT}{path}", timeout=1).read()
-            return proc
-        except Exception:
-            if not proc.alive():
-                raise SystemExit(f"gunicorn exited; see {LOGS}")
-            time.sleep(0.2)
-    raise SystemExit(f"gunicorn did not answer; see {LOGS}")
+    try:
+        wait_http(f"http://127.0.0.1:{PORT}{path}", 30, proc)
+    except RuntimeError as exc:
+        raise SystemExit(f"gunicorn: {exc}; see {LOGS}") from None
+    return proc
 
 
 def start_worker(app, name: str) -> ProcessGroup:
@@ -306,9 +299,9 @@ def celery_noop_ceiling() -> float:
 # ---------------------------------------------------------------- queue lookups
 
 def queue_lookup(lookups: int = 2000) -> tuple[dict, str]:
-    """Position + wait lookups on a 10,000-entry queue through models/services/performance_queue.py, timed from
-    this process as the web calls them (one Lua round trip each). The entries are written to Redis with the
-    module's own `sync`."""
+    """Position + wait lookups on a 10,000-entry queue through models/services/performance_queue.py, timed
+    from this process as the web calls them (one Lua round trip each). The entries are written to Redis with
+    the module's own `sync`."""
     import random
     from datetime import timedelta
 

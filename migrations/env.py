@@ -9,7 +9,7 @@ target_metadata = Base.metadata
 
 
 def database_url() -> str:
-    # Given by the caller (models/schema.py: the CLI, the tests); a bare `alembic` command reads the environment.
+    # Given by the caller (models/schema.py: the CLI, the tests); a bare `alembic` reads the environment.
     return config.attributes.get("database_url") or Settings.from_env().database_url
 
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import requests
 from conftest import new_session, subprocess_env
 from fake_lovense import FakeLovense, hang, http_status
-from processes import ROOT, ProcessGroup, children_of, free_port, wait_port
+from processes import ROOT, ProcessGroup, children_of, free_port, wait_http, wait_port
 from sqlalchemy import func, select, text
 
 from models.ledger import Account, LedgerEntry, books_differences, top_up
@@ -140,16 +140,11 @@ class Cluster:
         self.web.start()
         for w in self.workers:
             w.start()
-        wait_port(self.web_port, 60)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(self.base_url + "/healthz", timeout=2).status_code == 200:
-                    return self
-            except requests.RequestException:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError("web did not come up; logs in " + self.log_dir)
+        try:
+            wait_http(self.base_url + "/healthz", 120, self.web)
+        except RuntimeError as exc:
+            raise RuntimeError(f"web did not come up ({exc}); logs in {self.log_dir}") from None
+        return self
 
     def stop(self):
         for p in [self.web, *self.workers, self.redis]:

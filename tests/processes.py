@@ -1,6 +1,6 @@
 """Child processes for the tests and the benchmark (bench/run.py imports this too): a process in its own
 process group, started, killed and stopped as a whole (gunicorn and its workers, Celery and its pool), free
-ports and waiting for a port to listen."""
+ports, and waiting for a port to listen or a URL to answer."""
 from __future__ import annotations
 
 import os
@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -30,6 +31,22 @@ def wait_port(port: int, timeout: float = 30, process: "ProcessGroup | None" = N
                 raise RuntimeError(f"{process.name} exited before listening on {port}") from None
             time.sleep(0.05)
     raise RuntimeError(f"nothing listens on {port}")
+
+
+def wait_http(url: str, timeout: float = 60, process: "ProcessGroup | None" = None) -> None:
+    """Wait until `url` answers 200; fail at once if `process` exits meanwhile."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        if process is not None and not process.alive():
+            raise RuntimeError(f"{process.name} exited before {url} answered")
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} did not answer within {timeout} s")
 
 
 def children_of(pid: int) -> list[int]:

@@ -111,7 +111,8 @@ def _claim(session, purchase_id, mine: str | None, lease_seconds: float) -> str 
     return token if result.rowcount == 1 else None
 
 
-def _finish(runtime, purchase_id, claim: str, status: str, error: str | None = None, attempted: bool = False) -> Next:
+def _finish(runtime, purchase_id, claim: str, status: str, error: str | None = None,
+            attempted: bool = False) -> Next:
     """Record a final outcome (sent, failed, skipped) if this task still holds the claim."""
     now = utcnow()
     values = {"status": status, "last_error": error, "claim_token": None, "locked_until": None, "updated_at": now}
