@@ -2,6 +2,8 @@
 marshmallow schemas the API and the template loader (seed/loader.py) both validate with."""
 from __future__ import annotations
 
+import re
+
 from marshmallow import Schema, fields, validate
 
 from .lovense import DEVICE_TYPES, PATTERNS
@@ -38,6 +40,16 @@ class LovenseActivationSchema(Schema):
     pattern = fields.String(load_default="steady", validate=validate.OneOf(PATTERNS))
 
 
+_WEB_URL = validate.URL(schemes={"http", "https"}, require_tld=False)
+_ICON_PATH = re.compile(r"^/(?!/)[A-Za-z0-9._~%!$&'()*+,;=:@/-]*$")  # a path on the platform's own host
+
+
+def _icon_url(value: str) -> None:
+    if _ICON_PATH.match(value) and "/../" not in value + "/":
+        return
+    _WEB_URL(value)
+
+
 class MenuItemIn(Schema):
     """An item as a model writes it (POST, PATCH with every field optional, and the template format)."""
 
@@ -46,10 +58,9 @@ class MenuItemIn(Schema):
     token_value = Int(required=True, validate=validate.Range(min=1, max=99999))
     bonus_loyalty_points = Int(load_default=0, validate=validate.Range(min=0, max=999_999))
     category = fields.String(allow_none=True, validate=validate.Length(max=40))
-    icon_url = fields.String(
-        allow_none=True,
-        validate=[validate.Length(max=500), validate.URL(schemes={"http", "https"}, require_tld=False)],
-    )
+    icon_url = fields.String(allow_none=True, validate=[validate.Length(max=500), _icon_url],
+                             metadata={"description": "an http(s) URL or a path on the platform's host, like "
+                                                      "/icons/kiss.png"})
     display_order = Int(validate=validate.Range(min=0, max=10_000))
     is_active = fields.Boolean(load_default=True)
     max_daily_purchases = Int(allow_none=True, validate=validate.Range(min=1, max=10_000))
@@ -80,6 +91,8 @@ class MenuIn(MenuFieldsIn):
 
 
 class MenuTemplatesFile(Schema):
-    """The platform's template format: {"menuTemplates": [menu, ...]}."""
+    """The platform's template format: {"menuTemplates": [menu, ...], "metadata": {...}} (the metadata, e.g. the
+    export's version and date, is read and not stored)."""
 
     menuTemplates = fields.List(fields.Nested(MenuIn), required=True, validate=validate.Length(min=1))
+    metadata = fields.Dict()

@@ -86,6 +86,8 @@ class Purchase(Base):
     failure_reason: Mapped[str | None] = mapped_column(String(40))
     refund_reason: Mapped[str | None] = mapped_column(String(40))
     idempotency_key: Mapped[str | None] = mapped_column(String(128))
+    # The client's own small JSON object (the seed API's `metadata`), stored and returned as sent.
+    client_metadata: Mapped[dict | None] = mapped_column("metadata", JSON)
     purchase_day: Mapped[date] = mapped_column(Date)  # calendar day in the configured time zone
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     settled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -94,6 +96,7 @@ class Purchase(Base):
     failed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     refunded_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     escrow_deadline: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
     def transition(self, wanted: str, now: datetime | None = None, reason: str | None = None) -> None:
         """Move to `wanted` if the state machine allows it, stamping the time of the transition."""

@@ -55,6 +55,34 @@ def _bool(env, name, default):
     return raw.strip().lower() in ("1", "true", "yes", "on")
 
 
+def _platform(env, d) -> dict:
+    """PLATFORM_JWT_*: the host platform's tokens. A key source needs an issuer and an audience to check."""
+    out = {
+        "platform_jwt_jwks_url": env.get("PLATFORM_JWT_JWKS_URL") or "",
+        "platform_jwt_public_key": (env.get("PLATFORM_JWT_PUBLIC_KEY") or "").replace("\\n", "\n"),
+        "platform_jwt_issuer": env.get("PLATFORM_JWT_ISSUER") or "",
+        "platform_jwt_audience": env.get("PLATFORM_JWT_AUDIENCE") or "",
+        "platform_user_id_claim": env.get("PLATFORM_JWT_USER_ID_CLAIM") or d["platform_user_id_claim"],
+        "platform_role_claim": env.get("PLATFORM_JWT_ROLE_CLAIM") or d["platform_role_claim"],
+        "platform_name_claim": env.get("PLATFORM_JWT_NAME_CLAIM") or d["platform_name_claim"],
+        "platform_jwks_cache_seconds": _positive(env, "PLATFORM_JWKS_CACHE_SECONDS", d["platform_jwks_cache_seconds"]),
+    }
+    algorithms = tuple(a.strip() for a in (env.get("PLATFORM_JWT_ALGORITHMS") or "").split(",") if a.strip())
+    if algorithms and not set(algorithms) <= set(d["platform_jwt_algorithms"]):
+        raise ConfigError("PLATFORM_JWT_ALGORITHMS may name RS256 and ES256 only")
+    out["platform_jwt_algorithms"] = algorithms or d["platform_jwt_algorithms"]
+    roles = env.get("PLATFORM_JWT_ROLES")  # "platform_role:our_role,..."
+    if roles:
+        pairs = tuple(tuple(p.strip() for p in pair.split(":", 1)) for pair in roles.split(",") if pair.strip())
+        if any(len(pair) != 2 or pair[1] not in ("fan", "model", "admin") for pair in pairs):
+            raise ConfigError("PLATFORM_JWT_ROLES looks like 'user:fan,performer:model,staff:admin'")
+        out["platform_roles"] = pairs
+    if (out["platform_jwt_jwks_url"] or out["platform_jwt_public_key"]) and not (
+            out["platform_jwt_issuer"] and out["platform_jwt_audience"]):
+        raise ConfigError("PLATFORM_JWT_ISSUER and PLATFORM_JWT_AUDIENCE are required with a platform key source")
+    return out
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str
@@ -94,6 +122,24 @@ class Settings:
     metrics_token: str = field(default="", repr=False)
     log_level: str = "INFO"
     trusted_proxies: int = 0  # reverse proxies in front of gunicorn whose X-Forwarded-For is trusted
+    # The host platform's identity (web/platform_auth.py): its access tokens are trusted when a JWKS URL or a
+    # public key is set.
+    platform_jwt_jwks_url: str = ""
+    platform_jwt_public_key: str = field(default="", repr=False)
+    platform_jwt_issuer: str = ""
+    platform_jwt_audience: str = ""
+    platform_jwt_algorithms: tuple = ("RS256", "ES256")
+    platform_user_id_claim: str = "sub"
+    platform_role_claim: str = "role"
+    platform_name_claim: str = "name"
+    # The platform's role names -> ours (fan, model, admin).
+    platform_roles: tuple = (("fan", "fan"), ("user", "fan"), ("model", "model"), ("performer", "model"),
+                             ("admin", "admin"))
+    platform_jwks_cache_seconds: int = 300
+
+    @property
+    def platform_identity(self) -> bool:
+        return bool(self.platform_jwt_jwks_url or self.platform_jwt_public_key)
 
     @property
     def embedded(self) -> bool:
@@ -169,4 +215,5 @@ class Settings:
             metrics_token=env.get("METRICS_TOKEN") or "",
             log_level=(env.get("LOG_LEVEL") or d["log_level"]).upper(),
             trusted_proxies=_number(env, "TRUSTED_PROXIES", d["trusted_proxies"]),
+            **_platform(env, d),
         )

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import hashlib
 import uuid
 from datetime import datetime
 
@@ -14,6 +15,7 @@ from .types import UTCDateTime, str_enum, utcnow
 
 ROLES = ("fan", "model", "admin")
 USERNAME_MAX = 64
+NO_PASSWORD = "!"  # not an argon2 hash: every password check fails
 _hasher = PasswordHasher()
 
 
@@ -22,6 +24,8 @@ class User(Base):
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
     username: Mapped[str] = mapped_column(String(64), unique=True)
+    # The host platform's id of a user who signs in with the platform's tokens (any string, e.g. an ObjectId).
+    external_id: Mapped[str | None] = mapped_column(String(128), unique=True)
     password_hash: Mapped[str] = mapped_column(String(255))
     role: Mapped[str] = mapped_column(str_enum(*ROLES, name="user_role"))
     display_name: Mapped[str | None] = mapped_column(String(65))
@@ -66,15 +70,43 @@ class UsernameTaken(Exception):
     pass
 
 
-def create_user(session, username: str, password: str, role: str, display_name: str | None = None) -> User:
-    """A user with the accounts their role needs (used by the CLI, the admin API, the demo and the tests)."""
+def create_user(session, username: str, password: str | None, role: str, display_name: str | None = None,
+                external_id: str | None = None) -> User:
+    """A user with the accounts their role needs (used by the CLI, the admin API, the demo, the platform's first
+    sign-in and the tests). Without a password (a platform user) nobody can log in as them here."""
     if role not in ROLES:
         raise ValueError("unknown role")
     if session.scalar(select(User.id).where(User.username == username)) is not None:
         raise UsernameTaken()
-    user = User(username=username, role=role, display_name=display_name)
-    user.set_password(password)
+    user = User(username=username, role=role, display_name=display_name, external_id=external_id)
+    if password is None:
+        user.password_hash = NO_PASSWORD
+    else:
+        user.set_password(password)
     session.add(user)
     session.flush()
     create_accounts(session, user)
     return user
+
+
+def platform_username(external_id: str) -> str:
+    """The username of a platform user: unique, since external ids are, and never a valid login name clash
+    (it holds a colon)."""
+    name = f"platform:{external_id}"
+    return name if len(name) <= USERNAME_MAX else "platform:" + hashlib.sha256(external_id.encode()).hexdigest()
+
+
+def parse_uuid(value) -> uuid.UUID | None:
+    """`value` as a UUID, or None if it is not one (an id from elsewhere names nothing of ours)."""
+    try:
+        return uuid.UUID(str(value))
+    except ValueError:
+        return None
+
+
+def find_user_id(session, ref: str) -> uuid.UUID | None:
+    """The user a path names: by our id, or by the host platform's id (`external_id`)."""
+    own = parse_uuid(ref)
+    if own is not None and session.get(User, own) is not None:
+        return own
+    return session.scalar(select(User.id).where(User.external_id == ref))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 
 import pytest
@@ -9,6 +10,8 @@ from sqlalchemy import func, select
 
 from conftest import new_session
 from models.menus import Menu, MenuItem
+from models.purchases import Purchase
+from models.types import utcnow
 from seed.loader import STARTER_FILE, TemplateError, load_templates, read_templates
 
 # The product spec's starter menus, written out independently of seed/menu_templates.json:
@@ -196,3 +199,103 @@ def test_demo_lets_a_newcomer_buy_at_once(app, client):
         assert s.scalar(select(func.count()).select_from(Menu)) == 3
     finally:
         s.close()
+
+
+# --- Issue 13: the platform's own template file --------------------------------------------------------------
+
+PLATFORM_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "platform_menu_templates.json")
+
+
+def test_the_platforms_file_loads_as_is_and_a_second_load_reports_the_same(app, factory):
+    model = factory.user("model")
+    runner = app.test_cli_runner()
+    r = runner.invoke(args=["load-templates", "--model", model.username, "--file", PLATFORM_FILE])
+    assert r.exit_code == 0, r.output
+    assert r.output.count("created menu") == 3
+    menus = snapshot(model.id)
+    items = [i for m in menus for i in m[-1]]
+    assert len(items) == 21
+    s = new_session()
+    try:
+        icons = set(s.scalars(select(MenuItem.icon_url)))
+        assert "/icons/blow-kiss.png" in icons and all(i.startswith("/icons/") for i in icons)
+        by_name = {i.name: i for i in s.scalars(select(MenuItem))}
+    finally:
+        s.close()
+    assert "Exclusive Snapchat Access - 1 Day" in by_name
+    # No delivery hours in the platform's format: a week for made-to-order content, three days otherwise.
+    assert by_name["Custom Video Long"].delivery_hours == 168
+    assert by_name["Exclusive Snapchat Access - 1 Day"].delivery_hours == 72
+
+    r = runner.invoke(args=["load-templates", "--model", model.username, "--file", PLATFORM_FILE])
+    assert r.exit_code == 0, r.output
+    assert r.output.count("(the same)") == 3 and "created" not in r.output
+    assert snapshot(model.id) == menus
+
+
+def changed_file(tmp_path) -> str:
+    raw = json.load(open(PLATFORM_FILE))
+    raw["menuTemplates"][0]["items"][2]["token_value"] = 55  # Dance costs more now
+    raw["menuTemplates"][0]["description"] = "New description"
+    path = tmp_path / "changed.json"
+    path.write_text(json.dumps(raw))
+    return str(path)
+
+
+def test_a_changed_template_is_reported_and_nothing_loads_without_a_choice(app, factory, tmp_path):
+    model = factory.user("model")
+    runner = app.test_cli_runner()
+    assert runner.invoke(args=["load-templates", "--model", model.username, "--file", PLATFORM_FILE]).exit_code == 0
+    before = snapshot(model.id)
+    r = runner.invoke(args=["load-templates", "--model", model.username, "--file", changed_file(tmp_path)])
+    assert r.exit_code != 0
+    assert "differs: Quick Fun Menu: description, items[2].token_value" in r.output
+    assert "--on-conflict" in r.output
+    assert snapshot(model.id) == before
+
+    r = runner.invoke(args=["load-templates", "--model", model.username, "--file", changed_file(tmp_path),
+                            "--on-conflict", "skip"])
+    assert r.exit_code == 0 and "kept the model's menu: Quick Fun Menu" in r.output, r.output
+    assert snapshot(model.id) == before
+
+
+def test_replace_gives_the_menu_the_templates_items_and_keeps_bought_ones_switched_off(app, factory, tmp_path):
+    model, fan = factory.user("model"), factory.user("fan", tokens=100)
+    runner = app.test_cli_runner()
+    assert runner.invoke(args=["load-templates", "--model", model.username, "--file", PLATFORM_FILE]).exit_code == 0
+    s = new_session()
+    try:
+        quick = s.scalar(select(Menu).where(Menu.model_id == model.id, Menu.name == "Quick Fun Menu"))
+        kiss = quick.items[0]
+        s.add(Purchase(fan_id=fan.id, model_id=model.id, menu_id=quick.id, item_id=kiss.id, item_name=kiss.name,
+                       token_value=kiss.token_value, loyalty_points=0, transaction_type="immediate",
+                       purchase_day=utcnow().date(), created_at=utcnow()))
+        s.commit()
+        quick_id, kiss_id = quick.id, kiss.id
+    finally:
+        s.close()
+    r = runner.invoke(args=["load-templates", "--model", model.username, "--file", changed_file(tmp_path),
+                            "--on-conflict", "replace"])
+    assert r.exit_code == 0 and "replaced fields and items" in r.output, r.output
+    s = new_session()
+    try:
+        quick = s.get(Menu, quick_id)
+        assert quick.description == "New description"
+        active = [(i.name, i.token_value) for i in quick.items if i.is_active]
+        assert len(active) == 7 and active[2] == ("Dance", 55)
+        bought = s.get(MenuItem, kiss_id)
+        assert bought is not None and bought.is_active is False  # its purchase still points at it
+    finally:
+        s.close()
+    r = runner.invoke(args=["load-templates", "--model", model.username, "--file", changed_file(tmp_path)])
+    assert r.exit_code == 0 and r.output.count("(the same)") == 3, r.output
+
+
+def test_new_loads_a_changed_template_beside_the_models_menu(app, factory, tmp_path):
+    model = factory.user("model")
+    runner = app.test_cli_runner()
+    assert runner.invoke(args=["load-templates", "--model", model.username, "--file", PLATFORM_FILE]).exit_code == 0
+    r = runner.invoke(args=["load-templates", "--model", model.username, "--file", changed_file(tmp_path),
+                            "--on-conflict", "new"])
+    assert r.exit_code == 0 and "beside the one loaded before: Quick Fun Menu" in r.output, r.output
+    assert [m[1] for m in snapshot(model.id)].count("Quick Fun Menu") == 2

@@ -53,7 +53,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         },
     )
     ops.init_request_hooks(app)  # first, so the request id is known to everything after it
-    auth.init_jwt(app)
+    auth.init_jwt(app, settings)
     init_limiter(app, settings)
     api = PerfmenuApi(app)
     blueprints = (ops.blp, auth.blp, menus.blp, menu_manage.blp, purchases.blp, queue_routes.blp, wallet.blp, admin.blp,

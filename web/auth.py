@@ -5,7 +5,7 @@ import time
 import uuid
 from functools import wraps
 
-from flask import current_app
+from flask import current_app, g, request
 from flask_jwt_extended import (
     JWTManager,
     create_access_token,
@@ -25,6 +25,7 @@ from .deps import db
 from .docs import error, public, rate_limited
 from .errors import ApiError, error_response
 from .limits import limiter, login_limit
+from .platform_auth import PlatformTokens, is_platform_token, platform_user
 
 blp = Blueprint("auth", __name__, url_prefix="/auth", description="Log in and refresh tokens")
 
@@ -115,12 +116,25 @@ def refresh():
             "role": user.role}
 
 
+def authenticate() -> None:
+    """Who calls: from the platform's token (web/platform_auth.py) when the app trusts the platform and the
+    token is not one of ours, else from our own token (flask-jwt-extended). Raises 401 (or 403 role_mismatch)."""
+    platform = current_app.extensions.get("perfmenu_platform_tokens")
+    token = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+    if platform is not None and token and is_platform_token(token):
+        user = platform_user(db(), platform.claims(token))
+        g.identity = (user.id, user.role)
+        return
+    verify_jwt_in_request()
+    g.identity = (uuid.UUID(get_jwt_identity()), get_jwt().get("role"))
+
+
 def current_user_id() -> uuid.UUID:
-    return uuid.UUID(get_jwt_identity())
+    return g.identity[0]
 
 
 def current_role() -> str:
-    return get_jwt().get("role")
+    return g.identity[1]
 
 
 def role_required(*roles: str):
@@ -129,7 +143,7 @@ def role_required(*roles: str):
     def decorator(view):
         @wraps(view)
         def wrapper(*args, **kwargs):
-            verify_jwt_in_request()
+            authenticate()
             if roles and current_role() not in roles:
                 raise ApiError(403, "forbidden", "Your role may not do this")
             return view(*args, **kwargs)
@@ -144,8 +158,10 @@ def role_required(*roles: str):
     return decorator
 
 
-def init_jwt(app) -> None:
+def init_jwt(app, settings) -> None:
     jwt.init_app(app)
+    if settings.platform_identity:
+        app.extensions["perfmenu_platform_tokens"] = PlatformTokens(settings)
 
     @jwt.unauthorized_loader
     def _missing(reason):

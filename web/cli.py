@@ -6,10 +6,12 @@ from flask import Flask
 from sqlalchemy import select
 
 from models.ledger import books_differences, top_up
-from models.menus import Menu
+from models.menus import LimitReached, Menu
 from models.schema import upgrade_head
 from models.services import performance_queue
 from models.users import ROLES, User, UsernameTaken, create_user
+
+from seed.loader import ON_CONFLICT, STARTER_FILE, TemplateConflict, TemplateError, load_templates, read_templates
 
 from .deps import runtime
 
@@ -76,13 +78,15 @@ def register_cli(app: Flask) -> None:
     @click.option("--model", "username", required=True, help="Username of the model the menus are for.")
     @click.option("--file", "path", default=None, help="A template file in the platform's format (default: the "
                   "starter menus, seed/menu_templates.json).")
-    def load_templates_cmd(username, path):
-        """Load menu templates for a model; templates the model already has are skipped."""
-        from models.menus import LimitReached
-        from seed.loader import STARTER_FILE, TemplateError, load_templates, read_templates
-
+    @click.option("--on-conflict", type=click.Choice(ON_CONFLICT), default="report", show_default=True,
+                  help="A template the model has with other content: report it and load nothing, skip it (keep "
+                       "the model's menu), replace the menu's fields and items, or load it as a new menu.")
+    @click.option("--delivery-hours", type=click.IntRange(min=1, max=2160), default=None,
+                  help="Delivery hours of items whose template does not say (default: by category).")
+    def load_templates_cmd(username, path, on_conflict, delivery_hours):
+        """Load menu templates for a model; says which it created and which the model had (same or not)."""
         try:
-            templates = read_templates(path or STARTER_FILE)
+            templates = read_templates(path or STARTER_FILE, delivery_hours)
         except TemplateError as exc:
             raise click.ClickException(str(exc)) from None
         with runtime().session_scope() as session:
@@ -90,14 +94,25 @@ def register_cli(app: Flask) -> None:
             if model is None:
                 raise click.ClickException("no model with that username")
             try:
-                result = load_templates(session, model.id, templates)
+                result = load_templates(session, model.id, templates, on_conflict)
             except LimitReached as exc:
                 raise click.ClickException(str(exc)) from None
+            except TemplateConflict as exc:
+                for name, diffs in exc.differing:
+                    click.echo(f"differs: {name}: {', '.join(diffs)}")
+                raise click.ClickException("nothing loaded: the model has templates of these names with other "
+                                           "content; choose --on-conflict skip, replace or new") from None
             session.commit()
             for menu in result.created:
                 click.echo(f"created menu {menu.id} ({len(menu.items)} items): {menu.name}")
             for name in result.skipped:
-                click.echo(f"already loaded: {name}")
+                click.echo(f"already loaded: {name} (the same)")
+            for name, diffs in result.kept:
+                click.echo(f"kept the model's menu: {name} (differs: {', '.join(diffs)})")
+            for menu, diffs in result.replaced:
+                click.echo(f"replaced fields and items of menu {menu.id}: {menu.name} (was: {', '.join(diffs)})")
+            for menu, diffs in result.added:
+                click.echo(f"created menu {menu.id} beside the one loaded before: {menu.name}")
 
     @app.cli.command("demo")
     @click.option("--tokens", type=click.IntRange(min=1, max=1_000_000), default=5000, show_default=True)
@@ -105,8 +120,6 @@ def register_cli(app: Flask) -> None:
         """Create (or reuse) demo-model and demo-fan, give the fan tokens, load the starter menus, and print
         what to paste into curl. Passwords are new on every run and printed here only."""
         import secrets
-
-        from seed.loader import STARTER_FILE, load_templates, read_templates
 
         templates = read_templates(STARTER_FILE)
         passwords = {}

@@ -27,6 +27,10 @@ _CODE_FOR_STATUS = {
 }
 
 
+class DependencyUnavailable(Exception):
+    """A service outside perfmenu that a request needs (the platform's key set) did not answer: 503, retry."""
+
+
 class ApiError(Exception):
     def __init__(self, http_status: int, code: str, message: str, /, **extra):
         super().__init__(message)
@@ -98,6 +102,6 @@ def register_error_handlers(app) -> None:
     app.register_error_handler(ApiError, _api_error)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(DataError, _data_error)
-    for exc in (OperationalError, redis.ConnectionError, redis.TimeoutError):
+    for exc in (OperationalError, redis.ConnectionError, redis.TimeoutError, DependencyUnavailable):
         app.register_error_handler(exc, _unavailable)
     app.register_error_handler(Exception, _unexpected)

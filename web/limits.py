@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 
-from flask_jwt_extended import get_jwt_identity, verify_jwt_in_request
+from flask import g
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
 
@@ -43,10 +43,7 @@ def purchase_limit() -> str:
 
 
 def fan_key() -> str:
-    """The signed-in user's id (a request without a valid token is limited by address, then refused)."""
-    try:
-        identity = get_jwt_identity()  # already verified by role_required: don't decode the token twice
-    except RuntimeError:
-        verify_jwt_in_request(optional=True)
-        identity = get_jwt_identity()
-    return f"user:{identity}" if identity else f"addr:{get_remote_address()}"
+    """The signed-in user's id (authenticated by role_required); a request not authenticated yet is limited by
+    its address, then refused."""
+    identity = g.get("identity")
+    return f"user:{identity[0]}" if identity else f"addr:{get_remote_address()}"

@@ -76,7 +76,7 @@ def _commit_menu(session, menu: Menu, action: str) -> dict:
     audit(session, action, menu.id, current_user_id())
     session.commit()
     session.refresh(menu)
-    return menu_view(menu, owner_view=True)
+    return menu_view(session, menu, owner_view=True)
 
 
 @blp.route("", methods=["POST"])

@@ -7,26 +7,36 @@ from flask_smorest import Blueprint
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
-from models.menus import Menu
+from models.menus import Menu, MenuWhitelist
 from models.types import utcnow
+from models.users import find_user_id
 
 from .auth import current_role, current_user_id, role_required
 from .deps import db
 from .docs import error
 from .errors import ApiError
-from .schemas import MenuOut, ModelMenusOut
+from .schemas import MenuOut
 
 blp = Blueprint("menus", __name__, url_prefix="/menu", description="Menus and their items")
 
 
-def menu_view(menu: Menu, owner_view: bool) -> dict:
+_MENU_FIELDS = ("id", "model_id", "name", "description", "queue_mode", "visibility", "queue_order", "theme",
+                "delivery_hours_default", "is_active", "display_order", "created_at", "updated_at")
+
+
+def menu_view(session, menu: Menu, owner_view: bool) -> dict:
+    """A menu as MenuOut shows it: switched-off items and the whitelist only for its model and admins."""
     items = [i for i in menu.items if owner_view or i.is_active]
-    return {**{c: getattr(menu, c) for c in MenuOut._declared_fields if c != "items"}, "items": items}
+    whitelist = []
+    if owner_view and menu.visibility == "private":
+        whitelist = list(session.scalars(
+            select(MenuWhitelist.fan_id).where(MenuWhitelist.menu_id == menu.id).order_by(MenuWhitelist.created_at)))
+    return {**{c: getattr(menu, c) for c in _MENU_FIELDS}, "items": items, "whitelist_users": whitelist}
 
 
-def load_visible_menu(session, menu_id: uuid.UUID) -> Menu:
+def load_visible_menu(session, menu_id: uuid.UUID | None) -> Menu:
     """The menu if the caller may see it: 404 if missing or switched off (to non-owners), 403 if hidden."""
-    menu = session.get(Menu, menu_id)
+    menu = session.get(Menu, menu_id) if menu_id is not None else None
     user_id, role = current_user_id(), current_role()
     owner_view = role == "admin" or (menu is not None and menu.model_id == user_id)
     if menu is None or not (menu.is_active or owner_view):
@@ -36,11 +46,14 @@ def load_visible_menu(session, menu_id: uuid.UUID) -> Menu:
     return menu
 
 
+_ITEM_EXAMPLE = {"_id": "9a8b7c6d-5e4f-4a3b-2c1d-0e9f8a7b6c5d", "id": "9a8b7c6d-5e4f-4a3b-2c1d-0e9f8a7b6c5d",
+                 "name": "Dance", "token_value": 50, "bonus_loyalty_points": 30, "category": "performance",
+                 "is_active": True, "created_by": "7e6d5c4b-3a29-4181-9f0e-1d2c3b4a5f6e"}
 MENU_EXAMPLE = {
-    "id": "5d2f8a47-1c3b-4e6a-8f90-7b1c2d3e4f5a", "model_id": "7e6d5c4b-3a29-4181-9f0e-1d2c3b4a5f6e",
-    "name": "Quick Fun Menu", "queue_mode": "OFF", "visibility": "public", "is_active": True,
-    "items": [{"id": "9a8b7c6d-5e4f-4a3b-2c1d-0e9f8a7b6c5d", "name": "Dance", "token_value": 50,
-               "bonus_loyalty_points": 30, "category": "performance", "is_active": True}],
+    "_id": "5d2f8a47-1c3b-4e6a-8f90-7b1c2d3e4f5a", "id": "5d2f8a47-1c3b-4e6a-8f90-7b1c2d3e4f5a",
+    "model_id": "7e6d5c4b-3a29-4181-9f0e-1d2c3b4a5f6e", "name": "Quick Fun Menu", "queue_mode": "OFF",
+    "visibility": "public", "is_active": True, "whitelist_users": [], "items": [_ITEM_EXAMPLE],
+    "menu_items": [_ITEM_EXAMPLE],
 }
 
 
@@ -54,15 +67,20 @@ def get_menu(menu_id):
     """One menu with its items."""
     session = db()
     menu = load_visible_menu(session, menu_id)
-    return menu_view(menu, owner_view=current_role() == "admin" or menu.model_id == current_user_id())
+    return menu_view(session, menu, owner_view=current_role() == "admin" or menu.model_id == current_user_id())
 
 
-@blp.route("/model/<uuid:model_id>", methods=["GET"])
+@blp.route("/model/<model_id>", methods=["GET"])
 @role_required()
-@blp.response(200, ModelMenusOut, example={"model_id": MENU_EXAMPLE["model_id"], "menus": [MENU_EXAMPLE]})
+@blp.response(200, MenuOut(many=True), example=[MENU_EXAMPLE])
+@error(404, "not_found", "No such model")
 def get_model_menus(model_id):
-    """A model's menus that the caller may see, in display order (hidden menus are left out)."""
+    """A model's menus that the caller may see, in display order (hidden menus are left out), as a JSON array.
+    `model_id` is our id or the host platform's id of the model."""
     session = db()
+    model_id = find_user_id(session, model_id)
+    if model_id is None:
+        raise ApiError(404, "not_found", "No such model")
     user_id, role = current_user_id(), current_role()
     owner_view = role == "admin" or user_id == model_id
     menus = session.scalars(
@@ -72,9 +90,8 @@ def get_model_menus(model_id):
         .options(selectinload(Menu.items))
     ).all()
     now = utcnow()
-    visible = [
-        menu_view(m, owner_view)
+    return [
+        menu_view(session, m, owner_view)
         for m in menus
         if (m.is_active or owner_view) and m.visible_to(session, user_id, role, now)
     ]
-    return {"model_id": model_id, "menus": visible}

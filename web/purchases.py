@@ -16,6 +16,7 @@ from models.services import performance_queue
 from models.services.settlement import open_queue_size_query
 from models.services.verdicts import wait_for_verdict
 from models.types import utcnow
+from models.users import parse_uuid
 from worker.handoff import request_settlement
 
 from .auth import current_role, current_user_id, role_required
@@ -62,10 +63,14 @@ def purchase_view(p: Purchase) -> dict:
         "fan_id": p.fan_id,
         "failure_reason": p.failure_reason,
         "refund_reason": p.refund_reason,
+        "idempotency_key": p.idempotency_key,
+        "metadata": p.client_metadata,
         "created_at": p.created_at,
+        "updated_at": p.updated_at,
         "settled_at": p.settled_at,
         "started_at": p.started_at,
         "completed_at": p.completed_at,
+        "failed_at": p.failed_at,
         "refunded_at": p.refunded_at,
         "escrow_deadline": p.escrow_deadline,
         "status_url": url_for("purchases.purchase_status", purchase_id=p.id),
@@ -82,8 +87,8 @@ def refuse_at_intake(reason: str):
 
 
 PURCHASE_EXAMPLE = {
-    "success": True, "purchase_id": "0b6f3c8e-2a51-4d0e-9f7a-5c1d2e3f4a5b", "transaction_type": "immediate",
-    "status": "completed", "token_value": 50, "loyalty_points_awarded": 30, "queue_position": None,
+    "success": True, "_id": "0b6f3c8e-2a51-4d0e-9f7a-5c1d2e3f4a5b",
+    "purchase_id": "0b6f3c8e-2a51-4d0e-9f7a-5c1d2e3f4a5b", "transaction_type": "immediate", "status": "completed", "token_value": 50, "loyalty_points_awarded": 30, "queue_position": None,
     "estimated_wait_minutes": None, "item_name": "Dance",
     "status_url": "/menu/purchase/0b6f3c8e-2a51-4d0e-9f7a-5c1d2e3f4a5b/status",
 }
@@ -131,8 +136,8 @@ def load_for_intake(session, menu_id, item_id, fan_id, key):
     ).one()
 
 
-def _replay(session, purchase: Purchase, body):
-    if not purchase.same_request(body["menu_id"], body["item_id"]):
+def _replay(session, purchase: Purchase, menu_id, item_id):
+    if not purchase.same_request(menu_id, item_id):
         raise ApiError(422, "idempotency_mismatch", "This idempotency key was used for a different purchase")
     return _settled_response(session, purchase)
 
@@ -141,8 +146,9 @@ def _replay(session, purchase: Purchase, body):
 @role_required("fan")
 @limiter.limit(purchase_limit, key_func=fan_key)
 @blp.arguments(PurchaseRequest, example={"menu_id": "5d2f8a47-1c3b-4e6a-8f90-7b1c2d3e4f5a",
-                                         "item_id": "9a8b7c6d-5e4f-4a3b-2c1d-0e9f8a7b6c5d",
-                                         "idempotency_key": "tip-2024-06-01-001"})
+                                         "menu_item_id": "9a8b7c6d-5e4f-4a3b-2c1d-0e9f8a7b6c5d",
+                                         "idempotency_key": "tip-2024-06-01-001",
+                                         "metadata": {"source": "tip-menu-widget"}})
 @blp.response(200, PurchaseOut, example=PURCHASE_EXAMPLE)
 @blp.alt_response(202, schema=PurchaseOut, description="Accepted; not settled yet: poll status_url",
                   example={**PURCHASE_EXAMPLE, "status": "pending", "loyalty_points_awarded": 0}, success=True)
@@ -167,12 +173,12 @@ def create_purchase(body):
     # costs no BEGIN and no COMMIT round trip, and the UNIQUE (fan, key) still settles an idempotency race.
     session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
 
-    existing_id, _menu, item, balance, queue_size = load_for_intake(
-        session, body["menu_id"], body["item_id"], fan_id, key
-    )
+    menu_id = parse_uuid(body["menu_id"])
+    item_id = parse_uuid(body.get("menu_item_id") or body.get("item_id"))
+    existing_id, _menu, item, balance, queue_size = load_for_intake(session, menu_id, item_id, fan_id, key)
     if existing_id is not None:
-        return _replay(session, session.get(Purchase, existing_id), body)
-    menu = load_visible_menu(session, body["menu_id"])
+        return _replay(session, session.get(Purchase, existing_id), menu_id, item_id)
+    menu = load_visible_menu(session, menu_id)
     if item is None:
         raise ApiError(404, "not_found", "No such item on this menu")
 
@@ -206,6 +212,7 @@ def create_purchase(body):
         transaction_type="queued" if queued else "immediate",
         queue_priority=item.token_value if queued and menu.queue_order == "priority" else 0,
         idempotency_key=key or None,
+        client_metadata=body.get("metadata"),
         purchase_day=day,
         created_at=now,
     )
@@ -218,7 +225,7 @@ def create_purchase(body):
         existing = session.scalar(select(Purchase).where(Purchase.fan_id == fan_id, Purchase.idempotency_key == key))
         if key is None or existing is None:
             raise
-        return _replay(session, existing, body)
+        return _replay(session, existing, menu_id, item_id)
     request_settlement(runtime(), purchase.id)
     return _settled_response(session, purchase)
 

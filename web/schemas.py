@@ -2,13 +2,18 @@
 into a menu is in models/menu_schemas.py, shared with the template loader."""
 from __future__ import annotations
 
-from marshmallow import EXCLUDE, INCLUDE, Schema, fields, validate
+import json
+
+from marshmallow import EXCLUDE, INCLUDE, Schema, ValidationError, fields, validate, validates_schema
 
 from models.menu_schemas import LovenseActivationSchema, ThemeSchema
 from models.menus import MAX_ITEMS_PER_MENU
 
 
 class MenuItemOut(Schema):
+    """An item, under our names and the seed API's (`_id`, `created_by`, `createdAt`, `updatedAt`)."""
+
+    _id = fields.UUID(attribute="id", dump_only=True)
     id = fields.UUID()
     menu_id = fields.UUID()
     name = fields.String()
@@ -23,9 +28,15 @@ class MenuItemOut(Schema):
     estimated_duration_minutes = fields.Integer()
     delivery_hours = fields.Integer(allow_none=True)
     lovense_activation = fields.Nested(LovenseActivationSchema, allow_none=True)
+    created_by = fields.UUID(attribute="menu.model_id", dump_only=True, metadata={"description": "the model the item belongs to"})
+    createdAt = fields.DateTime(attribute="created_at", dump_only=True)
+    updatedAt = fields.DateTime(attribute="updated_at", dump_only=True)
 
 
 class MenuOut(Schema):
+    """A menu, under our names and the seed API's (`_id`, `menu_items`, `whitelist_users`, `createdAt`...)."""
+
+    _id = fields.UUID(attribute="id", dump_only=True)
     id = fields.UUID()
     model_id = fields.UUID()
     name = fields.String()
@@ -38,11 +49,11 @@ class MenuOut(Schema):
     is_active = fields.Boolean()
     display_order = fields.Integer()
     items = fields.List(fields.Nested(MenuItemOut))
-
-
-class ModelMenusOut(Schema):
-    model_id = fields.UUID()
-    menus = fields.List(fields.Nested(MenuOut))
+    menu_items = fields.List(fields.Nested(MenuItemOut), attribute="items", dump_only=True)
+    whitelist_users = fields.List(fields.UUID(), metadata={
+        "description": "fans invited to a private menu (shown to its model and admins; empty for others)"})
+    createdAt = fields.DateTime(attribute="created_at", dump_only=True)
+    updatedAt = fields.DateTime(attribute="updated_at", dump_only=True)
 
 
 class ItemOrderIn(Schema):
@@ -54,18 +65,44 @@ class WhitelistOut(Schema):
     fan_ids = fields.List(fields.UUID())
 
 
+MAX_METADATA_BYTES = 2048  # a purchase's `metadata`, as compact JSON
+
+
+def _small_json(value) -> None:
+    if len(json.dumps(value, separators=(",", ":"))) > MAX_METADATA_BYTES:
+        raise ValidationError(f"At most {MAX_METADATA_BYTES} bytes of JSON.")
+
+
 class PurchaseRequest(Schema):
+    """The seed API's body: {menu_id, menu_item_id, idempotency_key, metadata}. Ids are strings here, so an id
+    that names nothing we know (a platform's 24-hex ObjectId) is a plain 404, not a validation message."""
+
     class Meta:
         # Seed clients send extra fields (a price, an amount...): they are ignored, never trusted.
         unknown = EXCLUDE
 
-    menu_id = fields.UUID(required=True)
-    item_id = fields.UUID(required=True)
+    menu_id = fields.String(required=True, validate=validate.Length(min=1, max=64))
+    menu_item_id = fields.String(validate=validate.Length(min=1, max=64), metadata={"description": "the item"})
+    item_id = fields.String(validate=validate.Length(min=1, max=64),
+                            metadata={"description": "the item (perfmenu's earlier name; menu_item_id wins)"})
     idempotency_key = fields.String(validate=validate.Length(min=1, max=128), allow_none=True)
+    metadata = fields.Dict(keys=fields.String(), allow_none=True, validate=_small_json,
+                           metadata={"description": f"the client's own JSON object, kept with the purchase "
+                                                    f"(at most {MAX_METADATA_BYTES} bytes)"})
+
+    @validates_schema
+    def _one_item(self, data, **_kwargs):
+        given = {data[k] for k in ("menu_item_id", "item_id") if data.get(k) is not None}
+        if len(given) != 1:
+            raise ValidationError("Send the item's id as menu_item_id.", "menu_item_id")
 
 
 class PurchaseOut(Schema):
+    """A purchase: the seed API's answer and record fields (`_id`, `user_id`, `menu_item_id`, `createdAt`...)
+    beside ours."""
+
     success = fields.Boolean()
+    _id = fields.UUID(attribute="purchase_id", dump_only=True)
     purchase_id = fields.UUID()
     transaction_type = fields.String()
     status = fields.String()
@@ -78,19 +115,26 @@ class PurchaseOut(Schema):
     item_id = fields.UUID()
     model_id = fields.UUID()
     fan_id = fields.UUID()
+    user_id = fields.UUID(attribute="fan_id", dump_only=True)
+    menu_item_id = fields.UUID(attribute="item_id", dump_only=True)
     failure_reason = fields.String(allow_none=True)
     refund_reason = fields.String(allow_none=True)
+    idempotency_key = fields.String(allow_none=True)
+    metadata = fields.Dict(allow_none=True)
     created_at = fields.DateTime()
+    createdAt = fields.DateTime(attribute="created_at", dump_only=True)
+    updatedAt = fields.DateTime(attribute="updated_at", dump_only=True)
     settled_at = fields.DateTime(allow_none=True)
     started_at = fields.DateTime(allow_none=True)
     completed_at = fields.DateTime(allow_none=True)
+    failed_at = fields.DateTime(allow_none=True)
     refunded_at = fields.DateTime(allow_none=True)
     escrow_deadline = fields.DateTime(allow_none=True)
     status_url = fields.String()
 
 
 class HistoryQuery(Schema):
-    limit = fields.Integer(load_default=20, validate=validate.Range(min=1))
+    limit = fields.Integer(load_default=50, validate=validate.Range(min=1))
     offset = fields.Integer(load_default=0, validate=validate.Range(min=0, max=10_000_000))
 
 
