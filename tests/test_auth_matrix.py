@@ -1,5 +1,6 @@
 """Auth matrix: every route of the app x {no token, expired token, forged token, wrong role, another user's
-object} -> 401 / 401 / 401 / 403 / 404, with the error envelope.
+object} -> 401 / 401 / 401 / 403 / 404, with the error envelope; once with perfmenu's own tokens and once with
+the host platform's (RS256, a platform id per user).
 
 The routes come from `app.url_map`, so a new route cannot escape: a route without an entry in ROUTES fails
 `test_every_route_has_an_entry` and its own parametrized case. Public routes are an explicit allow-list."""
@@ -9,11 +10,15 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+import time
+
+import jwt
 import pytest
-from conftest import get_purchase
+from conftest import SETTINGS, get_purchase, make_settings, new_session
+from fake_platform import AUDIENCE, ISSUER, new_key, public_pem
 from flask_jwt_extended import create_access_token, create_refresh_token
 
-from conftest import SETTINGS, new_session
+from models.users import User
 from models.purchases import Purchase
 from models.types import utcnow
 from web import create_app
@@ -51,7 +56,7 @@ ROUTES: dict[tuple[str, str], Route | None] = {
     ("POST", "/auth/refresh"): Route(token="refresh"),
     # Menus are shared objects: visibility (403 for hidden menus) is tested in test_access_and_limits.
     ("GET", "/menu/<uuid:menu_id>"): Route(),
-    ("GET", "/menu/model/<uuid:model_id>"): Route(),
+    ("GET", "/menu/model/<model_id>"): Route(),
     ("POST", "/menu"): Route(roles=MODEL),
     ("PATCH", "/menu/<uuid:menu_id>"): MENU_OWNED,
     ("POST", "/menu/<uuid:menu_id>/activate"): MENU_OWNED,
@@ -78,7 +83,7 @@ ROUTES: dict[tuple[str, str], Route | None] = {
     ("POST", "/queue/<uuid:purchase_id>/cancel"): Route(roles=FAN, owned=("purchase_id",)),
     ("GET", "/wallet"): Route(),
     ("POST", "/admin/users"): Route(roles=ADMIN),
-    ("POST", "/admin/users/<uuid:fan_id>/top-up"): Route(roles=ADMIN),
+    ("POST", "/admin/users/<fan_ref>/top-up"): Route(roles=ADMIN),
     ("PUT", "/admin/subscriptions/<uuid:fan_id>/<uuid:model_id>"): Route(roles=ADMIN),
     ("DELETE", "/admin/subscriptions/<uuid:fan_id>/<uuid:model_id>"): Route(roles=ADMIN),
     ("POST", "/admin/purchases/<uuid:purchase_id>/refund"): Route(roles=ADMIN),
@@ -148,6 +153,7 @@ class World:
             "item_id": self.item.id,
             "model_id": self.owner_model.id,
             "fan_id": self.owner_fan.id,
+            "fan_ref": self.owner_fan.id,
             "user_id": self.owner_fan.id,
             "purchase_id": self.purchase_id,
         }
@@ -236,3 +242,49 @@ def test_token_of_a_deleted_or_deactivated_user_cannot_refresh(app, client, fact
     finally:
         s.close()
     assert_error(client.post("/auth/refresh", headers={"Authorization": f"Bearer {token}"}), 401)
+
+
+PLATFORM_KEY, OTHER_KEY = new_key(), new_key()
+
+
+def platform_token(user, expires_in=300, key=PLATFORM_KEY) -> str:
+    """The platform's token for `user`, who is given a platform id (its own, ObjectId-like) first."""
+    external_id = user.id.hex[:24]
+    s = new_session()
+    try:
+        s.get(User, user.id).external_id = external_id
+        s.commit()
+    finally:
+        s.close()
+    claims = {"iss": ISSUER, "aud": AUDIENCE, "sub": external_id, "role": user.role,
+              "exp": int(time.time()) + expires_in}
+    return jwt.encode(claims, key, algorithm="RS256")
+
+
+@pytest.mark.parametrize("method,rule", PROTECTED, ids=[f"{m} {p}" for m, p in PROTECTED])
+def test_route_refuses_the_platforms_expired_and_forged_tokens_wrong_roles_and_others_objects(factory, method,
+                                                                                           rule):
+    client = create_app(make_settings(platform_jwt_public_key=public_pem(PLATFORM_KEY), platform_jwt_issuer=ISSUER,
+                                      platform_jwt_audience=AUDIENCE)).test_client()
+    route = ROUTES[(method, rule)]
+    world = World(factory)
+    params = world.params()
+    path = build_path(rule, params)
+    some_caller = world.callers[sorted(route.roles)[0]]
+
+    assert_error(call(client, method, path, route, params, platform_token(some_caller, expires_in=-30)), 401)
+    assert_error(call(client, method, path, route, params, platform_token(some_caller, key=OTHER_KEY)), 401)
+    if route.token == "refresh":  # the platform's tokens are never perfmenu's refresh tokens
+        assert_error(call(client, method, path, route, params, platform_token(some_caller)), 401)
+        return
+    for role in ANY - route.roles:
+        assert_error(call(client, method, path, route, params, platform_token(world.callers[role])), 403)
+    if route.owned:
+        for role in route.roles - {"admin"}:
+            assert_error(call(client, method, path, route, params, platform_token(world.callers[role])), 404)
+        owner = world.owner_fan if "fan" in route.roles else world.owner_model
+        r = call(client, method, path, route, params, platform_token(owner))
+        assert r.status_code not in (401, 403, 404), (r.status_code, r.get_json())
+    else:
+        r = call(client, method, path, route, params, platform_token(some_caller))
+        assert r.status_code not in (401, 403), (r.status_code, r.get_json())

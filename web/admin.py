@@ -15,13 +15,23 @@ from models.menu_schemas import Int
 from models.purchases import STATUSES, InvalidTransition, Purchase
 from models.types import utcnow
 from models.services import escrow
-from models.users import ROLES, USERNAME_MAX, Subscription, User, UsernameTaken, create_user
+from models.users import (
+    ROLES,
+    USERNAME_MAX,
+    Subscription,
+    User,
+    UsernameTaken,
+    create_user,
+    find_user_id,
+    parse_uuid,
+)
 from worker.handoff import after_queue_change
 
 from .auth import current_user_id, role_required
-from .deps import db, runtime
+from .deps import db, runtime, settings
 from .docs import error
 from .errors import ApiError
+from .platform_auth import EXTERNAL_ID_MAX, PlatformClaims, platform_user
 from .purchases import PURCHASE_EXAMPLE, purchase_view
 from .schemas import PurchaseOut
 
@@ -110,6 +120,15 @@ def _user(session, user_id, role: str) -> User:
     return user
 
 
+def _fan_to_top_up(session, ref: str):
+    fan_id = find_user_id(session, ref)
+    if fan_id is None and parse_uuid(ref) is None and settings().platform_identity:
+        fan_id = platform_user(session, PlatformClaims(ref[:EXTERNAL_ID_MAX], "fan", None, 0)).id
+    if fan_id is None:
+        raise ApiError(404, "not_found", "No such fan")
+    return _user(session, fan_id, "fan").id
+
+
 @blp.route("/users", methods=["POST"])
 @role_required("admin")
 @blp.arguments(UserIn, example={"username": "fan1", "password": "a-long-password", "role": "fan"})
@@ -145,7 +164,7 @@ def _replayed_top_up(session, key: str, fan_id, amount: int) -> dict | None:
     return _top_up_view(session, entry, fan_id, replayed=True)
 
 
-@blp.route("/users/<uuid:fan_id>/top-up", methods=["POST"])
+@blp.route("/users/<fan_ref>/top-up", methods=["POST"])
 @role_required("admin")
 @blp.arguments(TopUpIn, example={"amount": 500, "idempotency_key": "topup-2024-06-01-fan1"})
 @blp.response(201, TopUpOut, example=TOP_UP_EXAMPLE)
@@ -153,15 +172,16 @@ def _replayed_top_up(session, key: str, fan_id, amount: int) -> dict | None:
                   example={**TOP_UP_EXAMPLE, "replayed": True})
 @error(404, description="not_found: no such fan")
 @error(422, description="invalid_request, idempotency_key_required, idempotency_mismatch")
-def top_up_endpoint(body, fan_id):
+def top_up_endpoint(body, fan_ref):
     """Issue tokens to a fan's wallet (a ledgered top_up). An idempotency key is required (the
-    `Idempotency-Key` header or `idempotency_key`): the same key tops up once."""
+    `Idempotency-Key` header or `idempotency_key`): the same key tops up once. `fan_ref` is our id or, when
+    the platform's identity is trusted, the platform's id of the fan (a fan not seen yet is created)."""
     session = db()
     key = request.headers.get("Idempotency-Key") or body.get("idempotency_key")
     if not key or len(key) > 120:
         raise ApiError(422, "idempotency_key_required", "Send an idempotency key of 1 to 120 characters",
                        fields={"idempotency_key": ["Required, 1 to 120 characters."]})
-    _user(session, fan_id, "fan")
+    fan_id = _fan_to_top_up(session, fan_ref)
     replay = _replayed_top_up(session, key, fan_id, body["amount"])
     if replay is not None:
         return replay, 200

@@ -21,7 +21,7 @@ from sqlalchemy import select
 
 from models.users import User, dummy_password_check
 
-from .deps import db
+from .deps import db, runtime
 from .docs import error, public, rate_limited
 from .errors import ApiError, error_response
 from .limits import limiter, login_limit
@@ -122,8 +122,10 @@ def authenticate() -> None:
     platform = current_app.extensions.get("perfmenu_platform_tokens")
     token = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
     if platform is not None and token and is_platform_token(token):
-        user = platform_user(db(), platform.claims(token))
-        g.identity = (user.id, user.role)
+        claims = platform.claims(token)
+        with runtime().session_scope() as session:  # its own unit of work: the view's session starts clean
+            user = platform_user(session, claims)
+            g.identity = (user.id, user.role)
         return
     verify_jwt_in_request()
     g.identity = (uuid.UUID(get_jwt_identity()), get_jwt().get("role"))

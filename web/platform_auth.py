@@ -28,7 +28,7 @@ from .errors import ApiError, DependencyUnavailable
 log = logging.getLogger(__name__)
 
 OWN_ALGORITHM = "HS256"  # what perfmenu's own tokens are signed with (flask-jwt-extended's default)
-MIN_REFETCH_SECONDS = 5  # an unknown kid fetches the key set again at most this often
+MIN_REFETCH_SECONDS = 1  # unknown kids fetch the key set again at most this often
 MAX_TOKENS = 10_000
 EXTERNAL_ID_MAX = 128
 
