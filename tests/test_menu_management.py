@@ -104,7 +104,7 @@ def test_at_most_8_menus_per_model(client, owner):
         new_menu(client, headers, name=f"m{i}")
     r = client.post("/menu", json={"name": "one too many"}, headers=headers)
     assert r.status_code == 422 and r.json["error"]["code"] == "menu_limit_reached"
-    first = client.get(f"/menu/model/{model.id}", headers=headers).json["menus"][0]
+    first = client.get(f"/menu/model/{model.id}", headers=headers).json[0]
     r = client.post(f"/menu/{first['id']}/duplicate", headers=headers)
     assert r.status_code == 422 and r.json["error"]["code"] == "menu_limit_reached"
     assert count(Menu) == MAX_MENUS_PER_MODEL
