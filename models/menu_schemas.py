@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from marshmallow import Schema, fields, validate
+from marshmallow import Schema, fields, pre_load, validate
 
 from .lovense import DEVICE_TYPES, PATTERNS
 from .menus import CARD_STYLES, MAX_ITEMS_PER_MENU, QUEUE_MODES, QUEUE_ORDERS, VISIBILITIES
@@ -84,7 +84,15 @@ class MenuFieldsIn(Schema):
 
 
 class MenuIn(MenuFieldsIn):
-    """A new menu, optionally with its items; also one entry of a template file's `menuTemplates`."""
+    """A new menu, optionally with its items; also one entry of a template file's `menuTemplates`. The seed's
+    name for the items, `menu_items`, is read as `items`."""
+
+    @pre_load
+    def _seed_names(self, data, **_kwargs):
+        if isinstance(data, dict) and "menu_items" in data and "items" not in data:
+            data = {**data, "items": data["menu_items"]}
+            del data["menu_items"]
+        return data
 
     items = fields.List(fields.Nested(MenuItemIn), load_default=list,
                         validate=validate.Length(max=MAX_ITEMS_PER_MENU))

@@ -88,9 +88,9 @@ def refuse_at_intake(reason: str):
 
 PURCHASE_EXAMPLE = {
     "success": True, "_id": "0b6f3c8e-2a51-4d0e-9f7a-5c1d2e3f4a5b",
-    "purchase_id": "0b6f3c8e-2a51-4d0e-9f7a-5c1d2e3f4a5b", "transaction_type": "immediate", "status": "completed", "token_value": 50, "loyalty_points_awarded": 30, "queue_position": None,
-    "estimated_wait_minutes": None, "item_name": "Dance",
-    "status_url": "/menu/purchase/0b6f3c8e-2a51-4d0e-9f7a-5c1d2e3f4a5b/status",
+    "purchase_id": "0b6f3c8e-2a51-4d0e-9f7a-5c1d2e3f4a5b", "transaction_type": "immediate", "status": "completed",
+    "token_value": 50, "loyalty_points_awarded": 30, "queue_position": None, "estimated_wait_minutes": None,
+    "item_name": "Dance", "status_url": "/menu/purchase/0b6f3c8e-2a51-4d0e-9f7a-5c1d2e3f4a5b/status",
 }
 
 

@@ -63,3 +63,8 @@ def test_only_tokens_not_signed_like_ours_go_to_the_platforms_check():
     assert not is_platform_token(ours)
     assert is_platform_token(jwt.encode({"sub": "1"}, None, algorithm="none"))
     assert not is_platform_token("not a jwt")
+
+
+def test_the_seeds_menu_items_is_read_as_items():
+    raw = {"menuTemplates": [{"name": "M", "menu_items": [{"name": "A", "token_value": 5}]}]}
+    assert [i["name"] for i in validate_templates(raw)[0]["items"]] == ["A"]
