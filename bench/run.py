@@ -284,6 +284,7 @@ def time_backlog(app, proc: ProcessGroup, queue: str, done, expected: int, timeo
 def celery_noop_ceiling() -> float:
     from bench import noop_app
 
+    noop_app.configure(RUNTIME.settings)
     r = redis.Redis.from_url(REDIS_URL)
     r.delete(noop_app.COUNTER)
     worker = start_worker(noop_app.app, "noop")
