@@ -223,6 +223,39 @@ def test_metrics_count_requests_purchases_settlement_and_queue_depth(client, fac
     assert value(after, "perfmenu_queue_depth", model_id=str(model.id)) == 1
 
 
+@pytest.mark.usefixtures("celery_worker")
+def test_purchase_counters_match_the_database_after_a_mixed_run(client, factory, session):
+    fan, model, admin = factory.user("fan", tokens=5000), factory.user("model"), factory.user("admin")
+    off = factory.menu(model, items=[{"name": "Dance", "token_value": 50}])
+    on = factory.menu(model, name="Queue", queue_mode="ON", items=[{"name": "Photo", "token_value": 200}])
+    fan_h, model_h, admin_h = factory.headers(fan), factory.headers(model), factory.headers(admin)
+    before = scrape(client)
+
+    assert buy(client, fan_h, off, off.created_items[0]).json["status"] == "completed"
+    entries = [buy(client, fan_h, on, on.created_items[0]).json["purchase_id"] for _ in range(4)]
+    assert client.post(f"/queue/{entries[0]}/start", headers=model_h).status_code == 200
+    assert client.post(f"/queue/{entries[0]}/complete", headers=model_h).status_code == 200
+    assert client.post(f"/queue/{entries[1]}/reject", json={"reason": "cannot_deliver"},
+                       headers=model_h).status_code == 200
+    assert client.post(f"/queue/{entries[2]}/cancel", headers=fan_h).status_code == 200
+    assert client.post(f"/admin/purchases/{entries[3]}/refund", json={}, headers=admin_h).status_code == 200
+    after = scrape(client)
+
+    rows = session.execute(select(Purchase.status, func.coalesce(Purchase.failure_reason, Purchase.refund_reason, ""),
+                                  func.count()).group_by(Purchase.status, Purchase.failure_reason,
+                                                         Purchase.refund_reason)).all()
+    assert {(s, r) for s, r, _n in rows} == {("completed", ""), ("refunded", "cannot_deliver"),
+                                             ("refunded", "cancelled_by_fan"), ("refunded", "admin_refund")}
+    for status, reason, count in rows:
+        got = value(after, "perfmenu_purchases_total", outcome=status, reason=reason) - \
+            value(before, "perfmenu_purchases_total", outcome=status, reason=reason)
+        assert got == count, (status, reason)
+    queued = session.scalar(select(func.count()).select_from(Purchase).where(Purchase.transaction_type == "queued"))
+    assert value(after, "perfmenu_purchases_total", outcome="queued", reason="") - \
+        value(before, "perfmenu_purchases_total", outcome="queued", reason="") == queued == 4
+    assert all(("perfmenu_lovense_attempts_total", (("result", r),)) in after for r in ("sent", "retry", "failed"))
+
+
 def test_metrics_token_when_configured(database):
     client = make_app(metrics_token="scrape-me").test_client()
     assert client.get("/metrics").status_code == 401

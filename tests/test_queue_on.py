@@ -389,3 +389,16 @@ def test_queue_capacity_holds_at_intake_and_within_one_settlement_batch(factory,
     assert (r.status_code, r.json["error"]["code"]) == (409, "queue_full")
     assert session.query(Purchase).filter_by(fan_id=fans[3].id).count() == 1
     assert_books_balance()
+
+
+def test_the_models_queue_names_each_fan_by_display_name(client, factory, session):
+    from models.users import User
+
+    model, named, unnamed = factory.user("model"), factory.user("fan", tokens=1000), factory.user("fan", tokens=1000)
+    session.get(User, named.id).display_name = "Ana"
+    session.commit()
+    menu = queue_menu(factory, model, order="fifo")
+    buy(client, factory.headers(named), menu, menu.created_items[0])
+    buy(client, factory.headers(unnamed), menu, menu.created_items[0])
+    entries = client.get("/queue", headers=factory.headers(model)).json["entries"]
+    assert [(e["fan_id"], e["fan_display_name"]) for e in entries] == [(str(named.id), "Ana"), (str(unnamed.id), None)]

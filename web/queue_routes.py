@@ -8,9 +8,12 @@ from __future__ import annotations
 from flask_smorest import Blueprint
 from marshmallow import Schema, fields, validate
 
+from sqlalchemy import select
+
 from models.purchases import InvalidTransition
 from models.services import escrow
 from models.services.performance_queue import open_entries
+from models.users import User
 from worker.handoff import after_queue_change
 
 from .auth import current_user_id, role_required
@@ -34,6 +37,7 @@ class QueueEntryOut(Schema):
     item_id = fields.UUID()
     item_name = fields.String()
     fan_id = fields.UUID()
+    fan_display_name = fields.String(allow_none=True, metadata={"description": "the fan's display name, if any"})
     token_value = fields.Integer()
     estimated_duration_minutes = fields.Integer()
     estimated_wait_minutes = fields.Integer()
@@ -58,7 +62,7 @@ QUEUE_EXAMPLE = {
     "model_id": "7e6d5c4b-3a29-4181-9f0e-1d2c3b4a5f6e", "total": 1, "total_minutes": 15,
     "entries": [{"position": 1, "purchase_id": PURCHASE_EXAMPLE["purchase_id"], "status": "queued",
                  "item_id": "9a8b7c6d-5e4f-4a3b-2c1d-0e9f8a7b6c5d", "item_name": "Custom Photo",
-                 "fan_id": "3f1c2b9e-8d7a-4c55-9a41-0c7e2d6b1a90", "token_value": 200,
+                 "fan_id": "3f1c2b9e-8d7a-4c55-9a41-0c7e2d6b1a90", "fan_display_name": "Ana", "token_value": 200,
                  "estimated_duration_minutes": 15, "estimated_wait_minutes": 0,
                  "waiting_since": "2024-06-01T12:00:00+00:00", "started_at": None,
                  "escrow_deadline": "2024-06-02T12:00:00+00:00"}],
@@ -71,9 +75,13 @@ QUEUE_EXAMPLE = {
 def my_queue():
     """The caller's queue in order: the entry in progress first, then by priority, first come first served."""
     model_id = current_user_id()
+    session = db()
     entries, wait = [], 0
     # Read from the database (the source of truth), in the same order as the Redis queue.
-    for position, p in enumerate(open_entries(db(), model_id), start=1):
+    open_now = open_entries(session, model_id)
+    fan_ids = {p.fan_id for p in open_now}
+    names = dict(session.execute(select(User.id, User.display_name).where(User.id.in_(fan_ids))).all())
+    for position, p in enumerate(open_now, start=1):
         entries.append({
             "position": position,
             "purchase_id": p.id,
@@ -81,6 +89,7 @@ def my_queue():
             "item_id": p.item_id,
             "item_name": p.item_name,
             "fan_id": p.fan_id,
+            "fan_display_name": names.get(p.fan_id),
             "token_value": p.token_value,
             "estimated_duration_minutes": p.estimated_duration_minutes,
             "estimated_wait_minutes": wait,

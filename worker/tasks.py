@@ -4,11 +4,12 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections import Counter
 from datetime import timedelta
 
 from sqlalchemy import or_, select
 
-from models.infra.metrics import count_settled
+from models.infra.metrics import count_outcomes, count_settled
 from models.ledger import lock_accounts
 from models.lovense import LovenseActivation, activation_enabled
 from models.purchases import OPEN_QUEUE_STATUSES, Purchase
@@ -34,6 +35,7 @@ def after_settlement(rt, purchases) -> None:
 def after_queue_change(rt, purchases) -> None:
     """Side effects that follow a committed queue transition (start, complete, reject, cancel, deadline
     refund); none of them can undo it."""
+    count_outcomes(purchases)
     performance_queue.sync(purchases, rt.redis)
     # A Queue ON item's toy runs timing_offset ms after the model starts the entry.
     _request_activations(p for p in purchases if p.status == "in_progress")
@@ -55,32 +57,38 @@ def request_activation(purchase_id, delay_ms: int = 0) -> None:
         log.exception("activation hand-off failed", extra={"purchase_id": str(purchase_id)})
 
 
-def settle(purchase_ids=None, older_than=None) -> int:
-    """Settle the given pending purchases, or every pending one (older than `older_than`) in batches."""
+def outcome_of(p) -> str:
+    return f"{p.status}:{p.failure_reason}" if p.failure_reason else p.status
+
+
+def settle(purchase_ids=None, older_than=None) -> dict:
+    """Settle the given pending purchases, or every pending one (older than `older_than`) in batches. Returns
+    how many reached each outcome, e.g. {"completed": 3, "failed:insufficient_balance": 1} (what an operator
+    reads as the task's result in Flower)."""
     rt = runtime()
     batch_size = rt.settings.settle_batch_size
     ids = [uuid.UUID(str(i)) for i in purchase_ids] if purchase_ids else None
-    total = 0
+    outcomes = Counter()
     while True:
         with rt.session_scope() as session:
             settled = settle_pending(session, rt.settings, ids, batch_size, older_than)
         after_settlement(rt, settled)
-        total += len(settled)
+        outcomes.update(outcome_of(p) for p in settled)
         for p in settled:
             log.info("purchase settled", extra={"purchase_id": str(p.id), "status": p.status})
         if ids is not None or len(settled) < batch_size:
-            return total
+            return dict(outcomes)
 
 
 @celery.task(name="perfmenu.settle_purchases")
-def settle_purchases(purchase_ids=None) -> int:
+def settle_purchases(purchase_ids=None) -> dict:
     """With ids: settle those. Without (the web's hand-off, models/services/settle_signal.py): settle whatever
     is pending, oldest first, lingering briefly for the next purchase when idle, until a claim made after the
     scheduled flag was dropped finds nothing."""
     if purchase_ids is not None:
         return settle(purchase_ids)
     rt = runtime()
-    total = 0
+    total = Counter()
     started = time.monotonic()
     try:
         while True:
@@ -90,15 +98,15 @@ def settle_purchases(purchase_ids=None) -> int:
                 settle_signal.release_scheduled(rt.redis)
                 settled = settle()
                 if not settled:
-                    return total
-            total += settled
+                    return dict(total)
+            total.update(settled)
     except BaseException:
         settle_signal.release_scheduled(rt.redis)
         raise
 
 
 @celery.task(name="perfmenu.sweep_pending")
-def sweep_pending() -> int:
+def sweep_pending() -> dict:
     """Beat's safety net: settle purchases left pending (crash between commit and enqueue, lost message)."""
     threshold = utcnow() - timedelta(seconds=runtime().settings.pending_sweep_after_seconds)
     return settle(older_than=threshold)
@@ -189,11 +197,12 @@ def sweep_activations_task() -> int:
 
 
 @celery.task(name="perfmenu.activate_toy")
-def activate_toy(purchase_id, claim=None) -> str:
-    """One step of a purchase's toy activation (models/services/activations.py); re-enqueues itself to retry."""
+def activate_toy(purchase_id, claim=None) -> dict:
+    """One step of a purchase's toy activation (models/services/activations.py); re-enqueues itself to retry.
+    Returns the step's outcome and reason (`{"outcome": "skipped", "reason": "unpaired"}`) for Flower."""
     step = activations.run(runtime(), purchase_id, claim)
     if step.delay is not None:
         if celery.conf.task_always_eager:
             time.sleep(step.delay)  # embedded mode runs tasks inline, where a countdown would be ignored
         activate_toy.apply_async(args=[str(purchase_id), step.claim], countdown=step.delay)
-    return step.status
+    return {"outcome": step.status, "reason": step.reason}

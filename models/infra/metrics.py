@@ -20,15 +20,18 @@ HTTP_LATENCY = Histogram(
     "perfmenu_http_request_duration_seconds", "HTTP request duration by endpoint", ["endpoint"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10),
 )
-# outcome: completed | queued | failed (settled by the worker) or refused (turned away at intake);
-# reason: the failure or refusal code, "" otherwise.
+# outcome: completed | queued | failed | refunded, counted where it happens (settlement, the model's complete,
+# every kind of refund), or refused (turned away at intake); reason: the failure, refund or refusal code.
 PURCHASES = Counter("perfmenu_purchases_total", "Purchases by outcome", ["outcome", "reason"])
+OUTCOMES = ("completed", "queued", "failed", "refunded")
 SETTLEMENT_LATENCY = Histogram(
     "perfmenu_settlement_latency_seconds", "Time from a purchase's creation to its settlement by the worker",
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
 )
 # result: sent | retry (a retryable failure, sent again later) | failed (given up); skips are not attempts.
 LOVENSE_ATTEMPTS = Counter("perfmenu_lovense_attempts_total", "Lovense activation attempts by result", ["result"])
+for _result in ("sent", "retry", "failed"):
+    LOVENSE_ATTEMPTS.labels(result=_result)  # every series scraped from the start, at 0
 # Queue depth per model is computed at scrape time from the database (web/ops.py), so it is always right.
 
 
@@ -36,10 +39,17 @@ def multiprocess_dir() -> str | None:
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 
 
+def count_outcomes(purchases) -> None:
+    """Count the committed purchases that reached an outcome (a start is not one)."""
+    for p in purchases:
+        if p.status in OUTCOMES:
+            PURCHASES.labels(outcome=p.status, reason=p.failure_reason or p.refund_reason or "").inc()
+
+
 def count_settled(purchases) -> None:
     """Record the worker's verdicts: outcome counts and creation-to-settlement latency."""
+    count_outcomes(purchases)
     for p in purchases:
-        PURCHASES.labels(outcome=p.status, reason=p.failure_reason or "").inc()
         if p.settled_at is not None and p.created_at is not None:
             SETTLEMENT_LATENCY.observe(max(0.0, (p.settled_at - p.created_at).total_seconds()))
 

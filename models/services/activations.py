@@ -43,11 +43,13 @@ _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del
 
 @dataclass(frozen=True)
 class Next:
-    """What the task does after a step: stop, or run again after `delay` seconds holding `claim`."""
+    """What the task does after a step: stop (with the outcome's reason, if any), or run again after `delay`
+    seconds holding `claim`."""
 
     status: str
     delay: float | None = None
     claim: str | None = None
+    reason: str | None = None
 
 
 def backoff(attempt: int, settings) -> float:
@@ -132,7 +134,7 @@ def _finish(runtime, purchase_id, claim: str, status: str, error: str | None = N
             audit(session, f"lovense.{status}", purchase_id, error=error, attempts=row[0])
         session.commit()
     log.info("lovense activation %s", status, extra={"purchase_id": str(purchase_id), "error": error})
-    return Next(status)
+    return Next(status, reason=error)
 
 
 def _again(runtime, purchase_id, claim: str, delay: float, lease: float, error: str | None = None) -> Next:
@@ -149,7 +151,7 @@ def _again(runtime, purchase_id, claim: str, delay: float, lease: float, error: 
             .execution_options(synchronize_session=False)
         )
         session.commit()
-    return Next("pending", delay, claim)
+    return Next("pending", delay, claim, error)
 
 
 def run(runtime, purchase_id, claim: str | None = None) -> Next:
