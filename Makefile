@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 FLASK := $(BIN)/flask --app web
 
-.PHONY: install run test proof bench demo check-books clean
+.PHONY: install browser run test proof bench demo check-books clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -14,6 +14,11 @@ $(STAMP): setup.cfg pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Headless Chromium for the page tests (tests/test_pages.py): Debian's package, installed once per machine.
+browser:
+	@command -v chromium >/dev/null 2>&1 || apt-get install -y -qq chromium >/dev/null 2>&1 || \
+		{ apt-get update -qq && apt-get install -y -qq chromium >/dev/null; }
 
 # With DATABASE_URL and REDIS_URL set: the whole process set of the Procfile (web, worker, beat, flower).
 # Without: the embedded default (SQLite file, tasks run inline), one process on http://127.0.0.1:8000.
@@ -34,7 +39,7 @@ run: install
 # First the fast unit tests of the pure rules (tests/unit: no services, a few seconds, their own time line),
 # then the suites on real PostgreSQL and Redis (TEST_DATABASE_URL, TEST_REDIS_URL, TEST_BROKER_URL override the
 # defaults in tests/conftest.py) with real Celery worker processes; PYTEST_ARGS go to those.
-test: install
+test: install browser
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/unit
 	$(BIN)/python -m pytest --ignore=tests/unit $(PYTEST_ARGS)
 

@@ -52,6 +52,7 @@ ROUTES: dict[tuple[str, str], Route | None] = {
     ("GET", "/metrics"): PUBLIC,
     ("GET", "/openapi.json"): PUBLIC,
     ("GET", "/docs"): PUBLIC,
+    ("GET", "/docs/assets/<name>"): PUBLIC,  # Swagger UI's own files
     ("POST", "/lovense/callback"): PUBLIC,  # Lovense's server calls it; verified by the utoken it carries
     ("POST", "/auth/refresh"): Route(token="refresh"),
     # Menus are shared objects: visibility (403 for hidden menus) is tested in test_access_and_limits.
@@ -120,7 +121,7 @@ def test_every_route_has_an_entry():
 def test_public_allow_list_is_small():
     public = {r for r in ALL_ROUTES if r in ROUTES and ROUTES[r] is PUBLIC}
     assert {path for _m, path in public} <= {"/auth/login", "/healthz", "/readyz", "/openapi.json", "/docs",
-                                             "/metrics"} | {p for _m, p in public if p.startswith("/lovense/")}
+                                             "/docs/assets/<name>", "/metrics"} | {p for _m, p in public if p.startswith("/lovense/")}
 
 
 class World:

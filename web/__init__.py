@@ -11,7 +11,7 @@ from models.runtime import Runtime
 from models.settings import Settings
 from worker import handoff
 
-from . import admin, auth, lovense, menu_manage, menus, ops, purchases, queue_routes, wallet
+from . import admin, auth, docs, lovense, menu_manage, menus, ops, purchases, queue_routes, wallet
 from .cli import register_cli
 from .deps import close_db
 from .errors import register_error_handlers
@@ -46,7 +46,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         OPENAPI_URL_PREFIX="/",
         OPENAPI_JSON_PATH="openapi.json",
         OPENAPI_SWAGGER_UI_PATH="/docs",
-        OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist/",
+        OPENAPI_SWAGGER_UI_URL=docs.SWAGGER_UI_ASSETS_URL,
         API_SPEC_OPTIONS={
             "components": {"securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}}},
             "security": [{"bearerAuth": []}],
@@ -60,6 +60,7 @@ def create_app(settings: Settings | None = None) -> Flask:
                   lovense.blp)
     for blueprint in blueprints:
         api.register_blueprint(blueprint)
+    app.register_blueprint(docs.swagger_assets)
     register_error_handlers(app)  # after Api(), so our envelope replaces flask-smorest's
     app.teardown_appcontext(close_db)
     register_cli(app)

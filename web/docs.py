@@ -4,8 +4,12 @@ Authentication is documented once: the document's global `security` is bearerAut
 routes that need no token, and `auth.role_required` adds the 401/403 responses to every route it guards."""
 from __future__ import annotations
 
+import os
 import re
 
+import flask_swagger_ui
+from flask import Blueprint as FlaskBlueprint
+from flask import send_from_directory
 from flask_smorest import Blueprint
 
 from .schemas import ErrorOut
@@ -62,3 +66,21 @@ def rate_limited(func):
 def public(func):
     """A route that needs no token (login, health, metrics, signed callbacks)."""
     return _doc.doc(security=[])(func)
+
+
+# Swagger UI at /docs, from the swagger-ui-dist files the flask-swagger-ui package ships (a pinned dependency),
+# served here: the page works without internet. Text is sent as UTF-8, or the bundle's non-ASCII text breaks.
+SWAGGER_UI_DIST = os.path.join(os.path.dirname(flask_swagger_ui.__file__), "dist")
+SWAGGER_UI_ASSETS_URL = "/docs/assets/"
+_ASSET_TYPES = {".js": "text/javascript", ".css": "text/css", ".png": "image/png"}  # Flask adds the charset
+swagger_assets = FlaskBlueprint("swagger_assets", __name__)
+
+
+@swagger_assets.route(SWAGGER_UI_ASSETS_URL + "<name>")
+def swagger_asset(name):
+    mimetype = _ASSET_TYPES.get(os.path.splitext(name)[1])
+    if mimetype is None:
+        from werkzeug.exceptions import NotFound
+
+        raise NotFound()
+    return send_from_directory(SWAGGER_UI_DIST, name, mimetype=mimetype, max_age=86400)
