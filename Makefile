@@ -4,14 +4,16 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 FLASK := $(BIN)/flask --app web
+DB_UPGRADE := flock $(VENV).lock $(FLASK) db-upgrade  # the same lock: run and demo never migrate at once
 
 .PHONY: install browser run test proof bench demo check-books clean
 
+# One install at a time: `make run &` and `make demo` started together share the .venv, so the second waits for
+# the first (flock) and then finds the stamp up to date.
 $(STAMP): setup.cfg pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
-	touch $(STAMP)
+	@flock $(VENV).lock sh -c '[ $(STAMP) -nt setup.cfg ] && [ $(STAMP) -nt pyproject.toml ] || { \
+		{ test -x $(BIN)/python || $(PYTHON) -m venv $(VENV); } && \
+		$(BIN)/pip install --quiet --upgrade pip && $(BIN)/pip install --quiet -e ".[test]" && touch $(STAMP); }'
 
 install: $(STAMP)
 
@@ -23,16 +25,18 @@ browser:
 # With DATABASE_URL and REDIS_URL set: the whole process set of the Procfile (web, worker, beat, flower).
 # Without: the embedded default (SQLite file, tasks run inline), one process on http://127.0.0.1:8000.
 run: install
-	$(FLASK) db-upgrade
+	$(DB_UPGRADE)
 	@mkdir -p instance
 	@if [ -n "$$DATABASE_URL" ] && [ -n "$$REDIS_URL" ]; then \
 		export PATH="$(abspath $(BIN)):$$PATH"; \
 		export PROMETHEUS_MULTIPROC_DIR="$${PROMETHEUS_MULTIPROC_DIR:-$(abspath instance/prometheus)}"; \
 		mkdir -p "$$PROMETHEUS_MULTIPROC_DIR" && find "$$PROMETHEUS_MULTIPROC_DIR" -maxdepth 1 -name '*.db' -delete; \
 		echo "full process set (web, worker, beat, flower); metrics in $$PROMETHEUS_MULTIPROC_DIR"; \
+		$(FLASK) urls; \
 		exec $(BIN)/honcho start; \
 	else \
 		echo "embedded mode: SQLite at instance/perfmenu.db, no Redis, tasks run inline"; \
+		$(FLASK) urls; \
 		exec $(BIN)/gunicorn -c python:web.gunicorn_conf --workers 1 --threads 8 web.wsgi:app; \
 	fi
 
@@ -46,7 +50,7 @@ test: install browser
 # A model, a fan with tokens and the starter menus (seed/menu_templates.json); prints the curl lines to buy
 # something against `make run`. Safe to run again (new passwords, nothing duplicated).
 demo: install
-	$(FLASK) db-upgrade
+	$(DB_UPGRADE)
 	$(FLASK) demo
 
 # Benchmarks (bench/run.py): ceilings and our figures in one run on PostgreSQL database perfmenu_bench and

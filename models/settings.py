@@ -122,6 +122,9 @@ class Settings:
     metrics_token: str = field(default="", repr=False)
     log_level: str = "INFO"
     trusted_proxies: int = 0  # reverse proxies in front of gunicorn whose X-Forwarded-For is trusted
+    web_bind: str = "127.0.0.1"  # where gunicorn listens (web/gunicorn_conf.py)
+    web_port: int = 8000
+    flower_port: int = 5555
     # The host platform's identity (web/platform_auth.py): its access tokens are trusted when a JWKS URL or a
     # public key is set.
     platform_jwt_jwks_url: str = ""
@@ -144,6 +147,12 @@ class Settings:
     @property
     def embedded(self) -> bool:
         return self.redis_url is None
+
+    @property
+    def base_url(self) -> str:
+        """Where the API answers on this machine (what `make demo` and the `urls` command print)."""
+        host = "127.0.0.1" if self.web_bind in ("0.0.0.0", "") else self.web_bind
+        return f"http://{host}:{self.web_port}"
 
     @property
     def tz(self) -> ZoneInfo:
@@ -215,5 +224,8 @@ class Settings:
             metrics_token=env.get("METRICS_TOKEN") or "",
             log_level=(env.get("LOG_LEVEL") or d["log_level"]).upper(),
             trusted_proxies=_number(env, "TRUSTED_PROXIES", d["trusted_proxies"]),
+            web_bind=env.get("WEB_BIND") or d["web_bind"],
+            web_port=_positive(env, "WEB_PORT", d["web_port"]),
+            flower_port=_positive(env, "FLOWER_PORT", d["flower_port"]),
             **_platform(env, d),
         )

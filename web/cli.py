@@ -4,6 +4,7 @@ from __future__ import annotations
 import click
 from flask import Flask
 from sqlalchemy import select
+from sqlalchemy.engine import make_url
 
 from models.ledger import books_differences, top_up
 from models.menus import LimitReached, Menu
@@ -14,6 +15,18 @@ from models.users import ROLES, User, UsernameTaken, create_user
 from seed.loader import ON_CONFLICT, STARTER_FILE, TemplateConflict, TemplateError, load_templates, read_templates
 
 from .deps import runtime
+
+
+def safe_url(url: str) -> str:
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def service_lines(settings) -> list[str]:
+    base = settings.base_url
+    lines = [f"API       {base}", f"docs      {base}/docs", f"metrics   {base}/metrics"]
+    if not settings.embedded:
+        lines.append(f"Flower    http://127.0.0.1:{settings.flower_port}")
+    return lines + [f"database  {safe_url(settings.database_url)}"]
 
 
 def register_cli(app: Flask) -> None:
@@ -114,18 +127,26 @@ def register_cli(app: Flask) -> None:
             for menu, diffs in result.added:
                 click.echo(f"created menu {menu.id} beside the one loaded before: {menu.name}")
 
+    @app.cli.command("urls")
+    def urls_cmd():
+        """Where everything answers on this machine (the banner of `make run`)."""
+        for line in service_lines(runtime().settings):
+            click.echo(line)
+
     @app.cli.command("demo")
     @click.option("--tokens", type=click.IntRange(min=1, max=1_000_000), default=5000, show_default=True)
     def demo_cmd(tokens):
-        """Create (or reuse) demo-model and demo-fan, give the fan tokens, load the starter menus, and print
-        what to paste into curl. Passwords are new on every run and printed here only."""
+        """Create (or reuse) demo-model, demo-fan and demo-admin, give the fan tokens, load the starter menus,
+        and print what to paste into curl against the server's real address. Passwords are new on every run
+        and printed here only."""
         import secrets
 
+        settings = runtime().settings
         templates = read_templates(STARTER_FILE)
         passwords = {}
         with runtime().session_scope() as session:
             users = {}
-            for role in ("model", "fan"):
+            for role in ("model", "fan", "admin"):
                 username, password = f"demo-{role}", secrets.token_urlsafe(9)
                 user = session.scalar(select(User).where(User.username == username))
                 if user is None:
@@ -135,19 +156,21 @@ def register_cli(app: Flask) -> None:
                 users[role], passwords[role] = user, password
             model, fan = users["model"], users["fan"]
             entry = top_up(session, fan.id, tokens, external_ref=f"demo-top-up:{fan.id}:{tokens}")
-            load_templates(session, model.id, templates)
+            load_templates(session, model.id, templates, on_conflict="skip")  # the model's own edits stay
             session.commit()
             menus = session.scalars(
                 select(Menu).where(Menu.model_id == model.id).order_by(Menu.display_order)
             ).all()
             quick = next(m for m in menus if m.template_key == "Quick Fun Menu")
             item = quick.items[0]
+            click.echo(f"database  {safe_url(settings.database_url)}")
             click.echo(f"model  demo-model  password {passwords['model']}  id {model.id}")
             click.echo(f"fan    demo-fan    password {passwords['fan']}  id {fan.id}  (top-up entry {entry.id})")
+            click.echo(f"admin  demo-admin  password {passwords['admin']}  id {users['admin'].id}")
             for m in menus:
                 click.echo(f"menu   {m.id}  {m.name} ({len(m.items)} items, queue {m.queue_mode}, {m.visibility})")
-            base = "http://127.0.0.1:8000"
-            click.echo("\nBuy something (with `make run` going in another terminal):")
+            base = settings.base_url
+            click.echo(f"\nBuy something (with `make run` answering on {base}):")
             click.echo(
                 f"TOKEN=$(curl -s -X POST {base}/auth/login -H 'Content-Type: application/json' "
                 f"-d '{{\"username\":\"demo-fan\",\"password\":\"{passwords['fan']}\"}}' "
@@ -155,7 +178,7 @@ def register_cli(app: Flask) -> None:
             )
             click.echo(
                 f"curl -s -X POST {base}/menu/purchase -H \"Authorization: Bearer $TOKEN\" "
-                f"-H 'Content-Type: application/json' -d '{{\"menu_id\":\"{quick.id}\",\"item_id\":\"{item.id}\"}}'"
+                f"-H 'Content-Type: application/json' -d '{{\"menu_id\":\"{quick.id}\",\"menu_item_id\":\"{item.id}\"}}'"
             )
             click.echo(f"curl -s {base}/wallet -H \"Authorization: Bearer $TOKEN\"")
             click.echo(f"curl -s {base}/menu/model/{model.id} -H \"Authorization: Bearer $TOKEN\"")

@@ -1,11 +1,15 @@
 """gunicorn settings (`gunicorn -c python:web.gunicorn_conf web.wsgi:app`); command-line flags still win.
 
-WEB_CONCURRENCY (worker processes), WEB_THREADS, WEB_BIND and WEB_PORT come from the environment."""
+WEB_CONCURRENCY (worker processes) and WEB_THREADS come from the environment; where it listens (WEB_BIND,
+WEB_PORT) and the log level from the settings."""
 import os
 
 from gunicorn.glogging import Logger
 
-bind = f"{os.environ.get('WEB_BIND', '127.0.0.1')}:{os.environ.get('WEB_PORT', '8000')}"
+from models.settings import Settings
+
+_settings = Settings.from_env()
+bind = f"{_settings.web_bind}:{_settings.web_port}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 threads = int(os.environ.get("WEB_THREADS", "4"))
 worker_class = "gthread"
@@ -26,7 +30,7 @@ logconfig_dict = {
     "disable_existing_loggers": False,
     "formatters": {"json": {"()": "models.infra.logs.JsonFormatter"}},
     "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stderr"}},
-    "root": {"level": os.environ.get("LOG_LEVEL", "INFO").upper(), "handlers": ["stderr"]},
+    "root": {"level": _settings.log_level, "handlers": ["stderr"]},
     "loggers": {
         "gunicorn.error": {"level": "INFO", "handlers": [], "propagate": True},
         "gunicorn.access": {"level": "INFO", "handlers": [], "propagate": True},
