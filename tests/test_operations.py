@@ -220,7 +220,9 @@ def test_metrics_count_requests_purchases_settlement_and_queue_depth(client, fac
     assert delta("perfmenu_settlement_latency_seconds_count") == 2
     assert delta("perfmenu_http_requests_total", endpoint="/menu/purchase", method="POST", status="200") == 2
     assert delta("perfmenu_http_requests_total", endpoint="/menu/purchase", method="POST", status="402") == 1
-    assert value(after, "perfmenu_queue_depth", model_id=str(model.id)) == 1
+    assert value(after, "perfmenu_queue_entries", status="queued") == 1
+    assert value(after, "perfmenu_queue_depth_max") == 1
+    assert 0 <= value(after, "perfmenu_queue_oldest_entry_age_seconds") < 60
 
 
 @pytest.mark.usefixtures("celery_worker")

@@ -17,6 +17,7 @@ from models.db import engine_for
 from models.infra import metrics
 from models.infra.logs import request_id_var
 from models.purchases import OPEN_QUEUE_STATUSES, Purchase
+from models.types import utcnow
 
 from .deps import runtime, settings
 from .docs import error, public
@@ -122,29 +123,37 @@ def _ping_kombu(url: str) -> None:
 
 
 class QueueDepthCollector:
-    """perfmenu_queue_depth{model_id}: open queue entries (queued or in progress) per model, from the database
-    at scrape time, so it is exact whichever process changed the queue."""
+    """The performance queues, read from the database at scrape time (exact whichever process changed them),
+    with a bounded label set (no label per model): open entries by status, the deepest model queue, and the age
+    of the oldest open entry."""
 
     def __init__(self, runtime):
         self.runtime = runtime
 
     def collect(self):
-        gauge = GaugeMetricFamily("perfmenu_queue_depth", "Open queue entries per model", labels=["model_id"])
         session = self.runtime.new_session()
         try:
-            rows = session.execute(
-                select(Purchase.model_id, func.count())
-                .where(Purchase.status.in_(OPEN_QUEUE_STATUSES))
-                .group_by(Purchase.model_id)
-            ).all()
+            is_open = Purchase.status.in_(OPEN_QUEUE_STATUSES)
+            by_status = dict(session.execute(
+                select(Purchase.status, func.count()).where(is_open).group_by(Purchase.status)).all())
+            per_model = select(func.count().label("depth")).where(is_open).group_by(Purchase.model_id).subquery()
+            deepest = session.scalar(select(func.coalesce(func.max(per_model.c.depth), 0)))
+            oldest = session.scalar(select(func.min(Purchase.created_at)).where(is_open))
         except Exception as exc:  # the database is down: the rest of the scrape still answers
             log.warning("queue depth not collected", extra={"error_type": type(exc).__name__})
             return
         finally:
             session.close()
-        for model_id, depth in rows:
-            gauge.add_metric([str(model_id)], depth)
-        yield gauge
+        entries = GaugeMetricFamily("perfmenu_queue_entries", "Open queue entries of all models, by status",
+                                    labels=["status"])
+        for status in OPEN_QUEUE_STATUSES:
+            entries.add_metric([status], by_status.get(status, 0))
+        yield entries
+        yield GaugeMetricFamily("perfmenu_queue_depth_max", "Open entries of the deepest model queue",
+                                value=deepest)
+        age = (utcnow() - oldest).total_seconds() if oldest is not None else 0
+        yield GaugeMetricFamily("perfmenu_queue_oldest_entry_age_seconds",
+                                "Seconds since the oldest open queue entry was bought (0: no open entry)", value=age)
 
 
 def init_request_hooks(app) -> None:

@@ -17,7 +17,7 @@ celery.runtime = None
 
 def celery_config(settings) -> dict:
     return dict(
-        broker_url=settings.broker_url or "memory://",
+        broker_url=settings.broker_url or "memory://localhost/",  # embedded: eager tasks, no broker at all
         broker_transport_options={"visibility_timeout": settings.broker_visibility_timeout},
         broker_connection_retry_on_startup=True,
         task_ignore_result=True,
