@@ -56,6 +56,19 @@ def activation_enabled(spec) -> bool:
     return isinstance(spec, dict) and spec.get("enabled") is True
 
 
+def toy_unavailable(settings, paired: bool) -> str | None:
+    """Why a model's toy activations cannot fire now (`disabled`: the kill switch; `not_configured`: no developer
+    token; `unpaired`: the model has no Lovense link), or None if they can. Activations record it as their skip
+    reason; menus show it on toy items before anyone buys."""
+    if not settings.lovense_enabled:
+        return "disabled"
+    if not settings.lovense_developer_token:
+        return "not_configured"
+    if not paired:
+        return "unpaired"
+    return None
+
+
 def callback_utoken(secret: str, model_id) -> str:
     """The utoken we hand to Lovense for a model and expect back in its callback: HMAC-SHA256 of the id."""
     return hmac.new(secret.encode(), str(model_id).encode(), hashlib.sha256).hexdigest()

@@ -390,3 +390,34 @@ def test_no_developer_token_or_utoken_in_logs(client, factory, fake_lovense, cap
     assert len(fake_lovense.commands()) == 1
     assert caplog.records
     assert TOKEN not in caplog.text and utoken not in caplog.text
+
+
+def test_menus_say_before_buying_whether_the_toy_can_buzz(client, factory, database):
+    from web import create_app
+
+    fan, model = factory.user("fan"), factory.user("model")
+    menu = factory.menu(model, items=[TEASE_LOW, {"name": "Kiss", "token_value": 10}])
+
+    def statuses(c, user):
+        items = c.get(f"/menu/{menu.id}", headers=factory.headers(user)).json["menu_items"]
+        return [i["lovense_status"] for i in items]
+
+    assert statuses(client, fan) == statuses(client, model) == ["unpaired", None]
+    pair(client, model)
+    assert statuses(client, fan) == ["ready", None]
+    switched_off = create_app(make_settings(lovense_enabled=False)).test_client()
+    assert statuses(switched_off, fan) == ["disabled", None]
+    unconfigured = create_app(make_settings(lovense_developer_token="")).test_client()
+    assert statuses(unconfigured, model) == ["not_configured", None]
+
+
+def test_the_start_banner_warns_when_sold_toys_cannot_buzz(factory, database):
+    from web import create_app
+
+    model = factory.user("model")
+    factory.menu(model, items=[TEASE_LOW, TEASE_MEDIUM, {"name": "Kiss", "token_value": 10}])
+    factory.menu(model, name="Off", is_active=False, items=[TEASE_HIGH])
+    unconfigured = create_app(make_settings(lovense_developer_token="")).test_cli_runner().invoke(args=["urls"])
+    assert "warning: 2 active items have toy activations" in unconfigured.output, unconfigured.output
+    configured = create_app(make_settings()).test_cli_runner().invoke(args=["urls"])
+    assert configured.exit_code == 0 and "warning" not in configured.output

@@ -10,6 +10,7 @@ from models.ledger import books_differences, top_up
 from models.menus import LimitReached, Menu
 from models.schema import upgrade_head
 from models.services import performance_queue
+from models.services.activations import toy_items_without_lovense
 from models.users import ROLES, User, UsernameTaken, create_user
 
 from seed.loader import ON_CONFLICT, STARTER_FILE, TemplateConflict, TemplateError, load_templates, read_templates
@@ -130,8 +131,14 @@ def register_cli(app: Flask) -> None:
     @app.cli.command("urls")
     def urls_cmd():
         """Where everything answers on this machine (the banner of `make run`)."""
-        for line in service_lines(runtime().settings):
+        settings = runtime().settings
+        for line in service_lines(settings):
             click.echo(line)
+        with runtime().session_scope() as session:
+            silent = toy_items_without_lovense(session, settings)
+        if silent:
+            click.echo(f"warning: {silent} active items have toy activations but LOVENSE_DEVELOPER_TOKEN is not set: "
+                       "their toys will not buzz (menus show lovense_status not_configured)")
 
     @app.cli.command("demo")
     @click.option("--tokens", type=click.IntRange(min=1, max=1_000_000), default=5000, show_default=True)

@@ -18,7 +18,7 @@ from .auth import current_user_id, role_required
 from .deps import db
 from .docs import error
 from .errors import ApiError
-from .menus import MENU_EXAMPLE, menu_view
+from .menus import MENU_EXAMPLE, mark_toy_status, menu_view
 from .schemas import ItemOrderIn, MenuItemOut, MenuOut, WhitelistOut
 
 blp = Blueprint("menu_manage", __name__, url_prefix="/menu", description="A model's management of their own menus")
@@ -168,6 +168,7 @@ def create_item(body, menu_id):
         raise limit_error(exc) from None
     audit(session, "menu_item.created", item.id, current_user_id())
     session.commit()
+    mark_toy_status(session, [item], menu.model_id)
     return item
 
 
@@ -185,6 +186,7 @@ def update_item(body, menu_id, item_id):
         setattr(item, name, value)
     audit(session, "menu_item.updated", item.id, current_user_id(), fields=sorted(body))
     session.commit()
+    mark_toy_status(session, [item], item.menu.model_id)
     return item
 
 
@@ -194,6 +196,7 @@ def _switch_item(menu_id, item_id, active: bool):
     item.is_active = active
     audit(session, "menu_item.activated" if active else "menu_item.deactivated", item.id, current_user_id())
     session.commit()
+    mark_toy_status(session, [item], item.menu.model_id)
     return item
 
 

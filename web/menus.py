@@ -7,12 +7,13 @@ from flask_smorest import Blueprint
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
+from models.lovense import LovenseLink, activation_enabled, toy_unavailable
 from models.menus import Menu, MenuWhitelist
 from models.types import utcnow
 from models.users import find_user_id
 
 from .auth import current_role, current_user_id, role_required
-from .deps import db
+from .deps import db, settings
 from .docs import error
 from .errors import ApiError
 from .schemas import MenuOut
@@ -24,9 +25,19 @@ _MENU_FIELDS = ("id", "model_id", "name", "description", "queue_mode", "visibili
                 "delivery_hours_default", "is_active", "display_order", "created_at", "updated_at")
 
 
+def mark_toy_status(session, items, model_id) -> None:
+    """Give each toy item its `lovense_status` (MenuItemOut shows it): `ready`, or why its toy would not buzz if
+    bought now, so the model sees it on their menu and the fan before buying."""
+    toys = [i for i in items if activation_enabled(i.lovense_activation)]
+    unavailable = toy_unavailable(settings(), session.get(LovenseLink, model_id) is not None) if toys else None
+    for item in items:
+        item.lovense_status = (unavailable or "ready") if item in toys else None
+
+
 def menu_view(session, menu: Menu, owner_view: bool) -> dict:
     """A menu as MenuOut shows it: switched-off items and the whitelist only for its model and admins."""
     items = [i for i in menu.items if owner_view or i.is_active]
+    mark_toy_status(session, items, menu.model_id)
     whitelist = []
     if owner_view and menu.visibility == "private":
         whitelist = list(session.scalars(

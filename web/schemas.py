@@ -28,7 +28,11 @@ class MenuItemOut(Schema):
     estimated_duration_minutes = fields.Integer()
     delivery_hours = fields.Integer(allow_none=True)
     lovense_activation = fields.Nested(LovenseActivationSchema, allow_none=True)
-    created_by = fields.UUID(attribute="menu.model_id", dump_only=True, metadata={"description": "the model the item belongs to"})
+    created_by = fields.UUID(attribute="menu.model_id", dump_only=True,
+                             metadata={"description": "the model the item belongs to"})
+    lovense_status = fields.String(dump_only=True, allow_none=True, metadata={
+        "description": "for an item with a toy activation: `ready`, or why the toy will not buzz if bought now "
+                       "(`unpaired`, `not_configured`, `disabled`); null for other items"})
     createdAt = fields.DateTime(attribute="created_at", dump_only=True)
     updatedAt = fields.DateTime(attribute="updated_at", dump_only=True)
 

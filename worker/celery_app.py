@@ -6,11 +6,15 @@ the worker, beat and flower processes, and by the web's create_app, which publis
 mode, runs them inline)."""
 from __future__ import annotations
 
+import logging
+
 from celery import Celery
-from celery.signals import setup_logging, worker_process_init
+from celery.signals import setup_logging, worker_process_init, worker_ready
 
 from models.infra.logs import configure_logging
+from models.services.activations import toy_items_without_lovense
 
+log = logging.getLogger(__name__)
 celery = Celery("perfmenu", include=["worker.tasks"])
 celery.runtime = None
 
@@ -70,6 +74,20 @@ def runtime():
 def _json_logs(loglevel=None, **_kwargs):
     # Connecting this signal stops Celery from installing its own handlers: worker, beat and flower log JSON.
     configure_logging(loglevel or runtime().settings.log_level)
+
+
+@worker_ready.connect
+def _warn_about_silent_toys(**_kwargs):
+    rt = runtime()
+    try:
+        with rt.session_scope() as session:
+            silent = toy_items_without_lovense(session, rt.settings)
+    except Exception:  # a warning must never stop a worker (e.g. migrations not run yet)
+        log.exception("could not count toy items")
+        return
+    if silent:
+        log.warning("active items have toy activations but LOVENSE_DEVELOPER_TOKEN is not set: their toys will "
+                    "not buzz", extra={"items": silent})
 
 
 @worker_process_init.connect

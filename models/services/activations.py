@@ -26,7 +26,8 @@ from sqlalchemy.exc import IntegrityError
 
 from ..audit import audit
 from ..infra.metrics import LOVENSE_ATTEMPTS
-from ..lovense import LovenseActivation, LovenseLink, activation_enabled
+from ..lovense import LovenseActivation, LovenseLink, activation_enabled, toy_unavailable
+from ..menus import Menu, MenuItem
 from ..purchases import Purchase
 from ..types import utcnow
 from .lovense_api import InvalidActivation, build_command, client_for
@@ -177,12 +178,9 @@ def run(runtime, purchase_id, claim: str | None = None) -> Next:
         link = session.get(LovenseLink, purchase.model_id)
         model_id, spec, attempts = purchase.model_id, purchase.lovense_activation, row.attempts
         uid = link.uid if link is not None else None
-    if not settings.lovense_enabled:
-        return _finish(runtime, purchase_id, token, "skipped", "disabled")
-    if not settings.lovense_developer_token:
-        return _finish(runtime, purchase_id, token, "skipped", "not_configured")
-    if uid is None:
-        return _finish(runtime, purchase_id, token, "skipped", "unpaired")
+    unavailable = toy_unavailable(settings, uid is not None)
+    if unavailable is not None:
+        return _finish(runtime, purchase_id, token, "skipped", unavailable)
     try:
         command = build_command(spec)
     except InvalidActivation:
@@ -226,3 +224,13 @@ def reset_for_resend(session, purchase_id) -> LovenseActivation | None:
     row.status, row.attempts, row.last_error = "pending", 0, None
     row.claim_token, row.locked_until, row.updated_at = None, None, utcnow()
     return row
+
+
+def toy_items_without_lovense(session, settings) -> int:
+    """Active items of active menus whose toy cannot buzz for anyone because Lovense is not configured (no
+    developer token): what the start-up warning counts. The kill switch is a choice and warns nobody."""
+    if toy_unavailable(settings, paired=True) != "not_configured":
+        return 0
+    specs = session.scalars(select(MenuItem.lovense_activation).join(Menu, Menu.id == MenuItem.menu_id)
+                            .where(MenuItem.is_active, Menu.is_active, MenuItem.lovense_activation.is_not(None)))
+    return sum(1 for spec in specs if activation_enabled(spec))
