@@ -33,11 +33,11 @@ run: install
 		mkdir -p "$$PROMETHEUS_MULTIPROC_DIR" && find "$$PROMETHEUS_MULTIPROC_DIR" -maxdepth 1 -name '*.db' -delete; \
 		echo "full process set (web, worker, beat, flower); metrics in $$PROMETHEUS_MULTIPROC_DIR"; \
 		$(FLASK) urls; \
-		exec $(BIN)/honcho start; \
+		$(BIN)/honcho start || [ $$? -eq 130 ]; \
 	else \
 		echo "embedded mode: SQLite at instance/perfmenu.db, no Redis, tasks run inline"; \
 		$(FLASK) urls; \
-		exec $(BIN)/gunicorn -c python:web.gunicorn_conf --workers 1 --threads 8 web.wsgi:app; \
+		$(BIN)/gunicorn -c python:web.gunicorn_conf --workers 1 --threads 8 web.wsgi:app || [ $$? -eq 130 ]; \
 	fi
 
 # First the fast unit tests of the pure rules (tests/unit: no services, a few seconds, their own time line),

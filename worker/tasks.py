@@ -152,7 +152,8 @@ def reconcile() -> dict:
     rt = runtime()
     with rt.session_scope() as session:
         totals = performance_queue.rebuild_all(session, rt.redis)
-    log.info("queues reconciled", extra=totals)
+    repaired = totals["added"] or totals["fixed"] or totals["removed"]
+    log.log(logging.INFO if repaired else logging.DEBUG, "queues reconciled", extra=totals)
     return totals
 
 
@@ -188,6 +189,8 @@ def sweep_activations(now=None) -> int:
         ))
     for purchase_id in due:
         request_activation(purchase_id)
+    if due:
+        log.info("toy activations asked for again", extra={"purchase_ids": [str(i) for i in due]})
     return len(due)
 
 

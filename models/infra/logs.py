@@ -51,10 +51,32 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
 
+# Beat's periodic jobs: Celery logs each one it sends, receives and finishes at INFO, lines every few seconds
+# that say nothing. They are DEBUG here; a job that changes something logs its own INFO line.
+ROUTINE_TASKS = ("perfmenu.sweep_pending", "perfmenu.sweep_escrow_deadlines", "perfmenu.reconcile_queues",
+                 "perfmenu.sweep_activations")
+
+
+class RoutineTaskLines(logging.Filter):
+    """Demotes Celery's INFO lines about beat's routine jobs to DEBUG (and drops them below `level`)."""
+
+    def __init__(self, level):
+        super().__init__()
+        self.level = logging.getLevelName(level) if isinstance(level, str) else level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.INFO and record.name.startswith("celery") and any(
+                task in record.getMessage() for task in ROUTINE_TASKS):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return self.level <= logging.DEBUG
+        return True
+
+
 def configure_logging(level: str = "INFO") -> None:
     """Send every logger's records to stderr as JSON lines (idempotent)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
+    handler.addFilter(RoutineTaskLines(level))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
