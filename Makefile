@@ -47,11 +47,12 @@ test: install browser
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/unit
 	$(BIN)/python -m pytest --ignore=tests/unit $(PYTEST_ARGS)
 
-# A model, a fan with tokens and the starter menus (seed/menu_templates.json); prints the curl lines to buy
-# something against `make run`. Safe to run again (new passwords, nothing duplicated).
+# A model, a fan with tokens, an admin and the starter menus (seed/menu_templates.json); waits (up to 90 s) for
+# `make run` to answer, then prints the curl lines to buy something. Safe to run again (new passwords, nothing
+# duplicated).
 demo: install
 	$(DB_UPGRADE)
-	$(FLASK) demo
+	$(FLASK) demo --wait-for-server 90
 
 # Benchmarks (bench/run.py): ceilings and our figures in one run on PostgreSQL database perfmenu_bench and
 # Redis databases 13/12 (BENCH_DATABASE_URL, BENCH_REDIS_URL, BENCH_BROKER_URL); prints a table, writes bench/last.json.

@@ -22,6 +22,21 @@ def safe_url(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
+def server_answers(base: str, seconds: float) -> bool:
+    """Whether GET {base}/healthz answers within `seconds` (`make run` may still be starting)."""
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{base}/healthz", timeout=2):
+                return True
+        except OSError:
+            time.sleep(0.5)
+    return False
+
+
 def service_lines(settings) -> list[str]:
     base = settings.base_url
     lines = [f"API       {base}", f"docs      {base}/docs", f"metrics   {base}/metrics"]
@@ -142,7 +157,9 @@ def register_cli(app: Flask) -> None:
 
     @app.cli.command("demo")
     @click.option("--tokens", type=click.IntRange(min=1, max=1_000_000), default=5000, show_default=True)
-    def demo_cmd(tokens):
+    @click.option("--wait-for-server", "wait_seconds", type=click.IntRange(min=0, max=600), default=0,
+                  help="Seconds to wait for the server to answer before printing the lines to paste.")
+    def demo_cmd(tokens, wait_seconds):
         """Create (or reuse) demo-model, demo-fan and demo-admin, give the fan tokens, load the starter menus,
         and print what to paste into curl against the server's real address. Passwords are new on every run
         and printed here only."""
@@ -177,6 +194,8 @@ def register_cli(app: Flask) -> None:
             for m in menus:
                 click.echo(f"menu   {m.id}  {m.name} ({len(m.items)} items, queue {m.queue_mode}, {m.visibility})")
             base = settings.base_url
+            if wait_seconds and not server_answers(base, wait_seconds):
+                click.echo(f"\nnothing answers at {base} yet: start `make run`; the lines below work once it does")
             click.echo(f"\nBuy something (with `make run` answering on {base}):")
             click.echo(
                 f"TOKEN=$(curl -s -X POST {base}/auth/login -H 'Content-Type: application/json' "
