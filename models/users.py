@@ -15,6 +15,7 @@ from .types import UTCDateTime, str_enum, utcnow
 
 ROLES = ("fan", "model", "admin")
 USERNAME_MAX = 64
+PASSWORD_MIN, PASSWORD_MAX = 8, 256  # for every password a person sets (API and CLI)
 NO_PASSWORD = "!"  # not an argon2 hash: every password check fails
 _hasher = PasswordHasher()
 

@@ -251,3 +251,34 @@ def test_refund_needs_a_queued_or_in_progress_purchase(client, admin, factory):
         assert s.scalar(select(func.count()).select_from(User)) == 3
     finally:
         s.close()
+
+
+def test_the_cli_refuses_a_password_the_api_would_refuse(app, session):
+    """Issue 20, item 4: `create-user --role admin --password x` made an admin with a 1-character password."""
+    r = app.test_cli_runner().invoke(args=["create-user", "--username", "weak", "--password", "x", "--role", "admin"])
+    assert r.exit_code != 0 and "8 to 256 characters" in r.output
+    assert session.scalar(select(func.count()).select_from(User).where(User.username == "weak")) == 0
+    r = app.test_cli_runner().invoke(args=["create-user", "--username", "strong", "--password", "long-enough",
+                                           "--role", "admin"])
+    assert r.exit_code == 0, r.output
+
+
+def test_a_failure_other_than_a_taken_name_is_not_called_username_taken(client, factory):
+    """Issue 20, item 6: every IntegrityError on POST /admin/users answered username_taken (seen when the calling
+    admin's own row was gone: the audit row's actor failed its foreign key)."""
+    admin = factory.user("admin")
+    headers = factory.headers(admin)
+    s = new_session()
+    try:
+        s.delete(s.get(User, admin.id))
+        s.commit()
+    finally:
+        s.close()
+    r = client.post("/admin/users", json={"username": "newcomer", "password": "long-enough", "role": "fan"},
+                    headers=headers)
+    assert r.status_code == 409 and r.json["error"]["code"] == "conflict", r.json
+    s = new_session()
+    try:
+        assert s.scalar(select(User.id).where(User.username == "newcomer")) is None
+    finally:
+        s.close()

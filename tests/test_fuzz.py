@@ -230,3 +230,27 @@ def test_verdict_wait_longer_than_the_redis_socket_timeout_is_not_an_error(datab
 
     # The client's socket timeout is 5 s: a longer BLPOP used to raise (a 500 for a committed purchase).
     assert wait_for_verdict(RUNTIME.redis, uuid.uuid4(), 6) is False
+
+
+# Issue 20, items 1 and 2: a lone surrogate in a JSON string, and JSON nested thousands deep, answered 500.
+SURROGATE = '"x\\ud800"'
+DEEP = "[" * 30_000 + "]" * 30_000  # 60 KB: under MAX_CONTENT_LENGTH
+HOSTILE_BODIES = {
+    ("POST", "/auth/login", None): '{"username": %s, "password": "x"}',
+    ("POST", "/lovense/callback", None): '{"uid": "u", "utoken": %s}',
+    ("POST", "/menu/purchase", "fan"): '{"menu_id": "m", "menu_item_id": "i", "idempotency_key": %s}',
+    ("POST", "/menu", "model"): '{"name": %s}',
+    ("POST", "/admin/users", "admin"): '{"username": %s, "password": "long-enough", "role": "fan"}',
+}
+
+
+@pytest.mark.parametrize("route", list(HOSTILE_BODIES), ids=[f"{m} {p}" for m, p, _r in HOSTILE_BODIES])
+@pytest.mark.parametrize("kind", ["surrogate", "deep"])
+def test_lone_surrogates_and_deep_nesting_are_400_and_write_nothing(client, role_headers, route, kind):
+    method, path, role = route
+    body = HOSTILE_BODIES[route] % SURROGATE if kind == "surrogate" else DEEP
+    before = row_counts()
+    r = client.open(path, method=method, data=body.encode(),
+                    headers={**(role_headers[role] if role else {}), "Content-Type": "application/json"})
+    assert_envelope(r, 400)
+    assert row_counts() == before

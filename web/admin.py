@@ -4,7 +4,6 @@ from __future__ import annotations
 from datetime import timedelta
 
 from flask import request
-from flask_smorest import Blueprint
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
@@ -13,10 +12,12 @@ from models.audit import audit
 from models.ledger import Account, LedgerEntry, books_differences, top_up
 from models.menu_schemas import Int
 from models.purchases import STATUSES, InvalidTransition, Purchase
-from models.types import utcnow
 from models.services import escrow
+from models.types import utcnow
 from models.users import (
     ROLES,
+    PASSWORD_MAX,
+    PASSWORD_MIN,
     USERNAME_MAX,
     Subscription,
     User,
@@ -31,6 +32,7 @@ from .auth import current_user_id, role_required
 from .deps import db, runtime, settings
 from .docs import error
 from .errors import ApiError
+from .json_body import Blueprint
 from .platform_auth import EXTERNAL_ID_MAX, PlatformClaims, platform_user
 from .purchases import PURCHASE_EXAMPLE, purchase_view
 from .schemas import PurchaseOut
@@ -45,7 +47,8 @@ TOP_UP_EXAMPLE = {"entry_id": 42, "fan_id": FAN_ID, "amount": 500, "token_balanc
 
 class UserIn(Schema):
     username = fields.String(required=True, validate=validate.Length(min=1, max=USERNAME_MAX))
-    password = fields.String(required=True, load_only=True, validate=validate.Length(min=8, max=256))
+    password = fields.String(required=True, load_only=True,
+                             validate=validate.Length(min=PASSWORD_MIN, max=PASSWORD_MAX))
     role = fields.String(required=True, validate=validate.OneOf(ROLES))
     display_name = fields.String(allow_none=True, validate=validate.Length(max=65))
 
@@ -142,9 +145,16 @@ def create_user_endpoint(body):
         user = create_user(session, body["username"], body["password"], body["role"], body.get("display_name"))
         audit(session, "user.created", user.id, current_user_id(), role=user.role)
         session.commit()
-    except (UsernameTaken, IntegrityError):
+    except UsernameTaken:
         session.rollback()
         raise ApiError(409, "username_taken", "That username is taken") from None
+    except IntegrityError as exc:
+        session.rollback()
+        # Only the username's own constraint means a taken name (two creations racing); anything else (the
+        # calling admin's row gone, say) is not the caller's doing with the name.
+        if getattr(getattr(exc.orig, "diag", None), "constraint_name", None) == "uq_users_username":
+            raise ApiError(409, "username_taken", "That username is taken") from None
+        raise ApiError(409, "conflict", "The user could not be created; try again") from None
     return user
 
 

@@ -15,7 +15,6 @@ from flask_jwt_extended import (
     jwt_required,
     verify_jwt_in_request,
 )
-from flask_smorest import Blueprint
 from marshmallow import Schema, fields, validate
 from sqlalchemy import select
 
@@ -24,6 +23,7 @@ from models.users import User, dummy_password_check
 from .deps import db, runtime
 from .docs import error, public, rate_limited
 from .errors import ApiError, error_response
+from .json_body import Blueprint
 from .limits import limiter, login_limit
 from .platform_auth import PlatformTokens, is_platform_token, platform_user
 

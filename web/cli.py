@@ -11,11 +11,17 @@ from models.menus import LimitReached, Menu
 from models.schema import upgrade_head
 from models.services import performance_queue
 from models.services.activations import toy_items_without_lovense
-from models.users import ROLES, User, UsernameTaken, create_user
+from models.users import PASSWORD_MAX, PASSWORD_MIN, ROLES, User, UsernameTaken, create_user
 
 from seed.loader import ON_CONFLICT, STARTER_FILE, TemplateConflict, TemplateError, load_templates, read_templates
 
 from .deps import runtime
+
+
+def _password_rule(_ctx, _param, value: str) -> str:
+    if not PASSWORD_MIN <= len(value) <= PASSWORD_MAX:
+        raise click.BadParameter(f"{PASSWORD_MIN} to {PASSWORD_MAX} characters (as through the API)")
+    return value
 
 
 def safe_url(url: str) -> str:
@@ -54,7 +60,7 @@ def register_cli(app: Flask) -> None:
 
     @app.cli.command("create-user")
     @click.option("--username", required=True)
-    @click.option("--password", required=True, prompt=True, hide_input=True)
+    @click.option("--password", required=True, prompt=True, hide_input=True, callback=_password_rule)
     @click.option("--role", type=click.Choice(ROLES), default="fan", show_default=True)
     @click.option("--display-name", default=None)
     def create_user_cmd(username, password, role, display_name):

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import uuid
 
-from flask_smorest import Blueprint
 from marshmallow import EXCLUDE, Schema, fields, validate
 from sqlalchemy import func, select
 
@@ -23,6 +22,7 @@ from .auth import current_user_id, role_required
 from .deps import db, settings
 from .docs import error, public
 from .errors import ApiError
+from .json_body import Blueprint
 
 MODEL_ID = "7e6d5c4b-3a29-4181-9f0e-1d2c3b4a5f6e"
 LINK_EXAMPLE = {"linked": True, "uid": MODEL_ID, "toys": {"a1b2c3": {"name": "lush", "status": "1"}},

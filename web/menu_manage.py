@@ -5,7 +5,6 @@ admin 403 (role). Prices are the model's to set; purchases already made keep the
 """
 from __future__ import annotations
 
-from flask_smorest import Blueprint
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
@@ -18,6 +17,7 @@ from .auth import current_user_id, role_required
 from .deps import db
 from .docs import error
 from .errors import ApiError
+from .json_body import Blueprint
 from .menus import MENU_EXAMPLE, mark_toy_status, menu_view
 from .schemas import ItemOrderIn, MenuItemOut, MenuOut, WhitelistOut
 

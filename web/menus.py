@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import uuid
 
-from flask_smorest import Blueprint
 from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
@@ -16,6 +15,7 @@ from .auth import current_role, current_user_id, role_required
 from .deps import db, settings
 from .docs import error
 from .errors import ApiError
+from .json_body import Blueprint
 from .schemas import MenuOut
 
 blp = Blueprint("menus", __name__, url_prefix="/menu", description="Menus and their items")

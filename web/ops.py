@@ -8,7 +8,6 @@ import uuid
 
 import redis
 from flask import Response, g, request
-from flask_smorest import Blueprint
 from marshmallow import Schema, fields
 from prometheus_client.core import GaugeMetricFamily
 from sqlalchemy import func, select, text
@@ -22,6 +21,7 @@ from models.types import utcnow
 from .deps import runtime, settings
 from .docs import error, public
 from .errors import error_response
+from .json_body import Blueprint
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("perfmenu.access")

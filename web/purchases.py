@@ -4,13 +4,12 @@ No money moves here: the worker settles. The POST waits a short, configurable ti
 from __future__ import annotations
 
 from flask import request, url_for
-from flask_smorest import Blueprint
 from sqlalchemy import bindparam, func, literal, select
 from sqlalchemy.exc import IntegrityError
 
+from models.infra import metrics
 from models.ledger import Account
 from models.menus import Menu, MenuItem
-from models.infra import metrics
 from models.purchases import Purchase, daily_count, delivery_hours_for, purchase_day_of, refusal
 from models.services import performance_queue
 from models.services.settlement import open_queue_size_query
@@ -23,6 +22,7 @@ from .auth import current_role, current_user_id, role_required
 from .deps import db, redis, runtime, settings
 from .docs import error, rate_limited
 from .errors import ApiError
+from .json_body import Blueprint
 from .limits import fan_key, limiter, purchase_limit
 from .menus import load_visible_menu
 from .schemas import HistoryOut, HistoryQuery, PurchaseOut, PurchaseRequest

@@ -5,9 +5,7 @@ serialize and the second gets 409; Redis is updated after the commit. Only the o
 the owning fan) may act: anyone else gets 404, as if the entry did not exist."""
 from __future__ import annotations
 
-from flask_smorest import Blueprint
 from marshmallow import Schema, fields, validate
-
 from sqlalchemy import select
 
 from models.purchases import InvalidTransition
@@ -20,6 +18,7 @@ from .auth import current_user_id, role_required
 from .deps import db, runtime
 from .docs import error
 from .errors import ApiError
+from .json_body import Blueprint
 from .purchases import PURCHASE_EXAMPLE, purchase_view
 from .schemas import PurchaseOut
 

@@ -1,12 +1,12 @@
 from __future__ import annotations
 
-from flask_smorest import Blueprint
 from sqlalchemy import select
 
 from models.ledger import Account
 
 from .auth import current_role, current_user_id, role_required
 from .deps import db
+from .json_body import Blueprint
 from .schemas import WalletOut
 
 blp = Blueprint("wallet", __name__, url_prefix="/wallet", description="Balances")
