@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo
 
 EMBEDDED_DATABASE_URL = "sqlite:///instance/perfmenu.db"
 EMBEDDED_SECRET = "embedded-mode-only-this-is-not-a-secret"
+MIN_SECRET_BYTES = 32  # HS256 keys shorter than the hash's 32 bytes are guessable
 MAX_SETTLE_LINGER_SECONDS = 2.0
 
 
@@ -46,6 +47,12 @@ def _rate(env, name, default):
     except ValueError as exc:
         raise ConfigError(f"{name} must look like '10 per minute' (several separated by ';')") from exc
     return raw
+
+
+def _strong(secret: str, name: str) -> None:
+    if len(secret.encode()) < MIN_SECRET_BYTES or secret == EMBEDDED_SECRET:
+        raise ConfigError(f"{name} must be at least {MIN_SECRET_BYTES} bytes and not the embedded mode's "
+                          "(e.g. python3 -c 'import secrets; print(secrets.token_urlsafe(48))')")
 
 
 def _bool(env, name, default):
@@ -177,6 +184,13 @@ class Settings:
             secret = EMBEDDED_SECRET
         if redis_url is None and not embedded:
             raise ConfigError("REDIS_URL is required with DATABASE_URL (the worker needs a broker)")
+        if not embedded:
+            _strong(secret, "JWT_SECRET_KEY")
+            if env.get("LOVENSE_DEVELOPER_TOKEN") and _bool(env, "LOVENSE_ENABLED", True):
+                # Its own secret: a pairing utoken must not be something the JWT key also signs.
+                _strong(env.get("LOVENSE_CALLBACK_SECRET") or "", "LOVENSE_CALLBACK_SECRET")
+                if env["LOVENSE_CALLBACK_SECRET"] == secret:
+                    raise ConfigError("LOVENSE_CALLBACK_SECRET must differ from JWT_SECRET_KEY")
         tz = env.get("PERFMENU_TIME_ZONE") or d["day_time_zone"]
         try:
             ZoneInfo(tz)

@@ -29,7 +29,7 @@ FAKE_LOVENSE = FakeLovense().start()
 LOVENSE_TEST_ENV = {
     "LOVENSE_API_URL": FAKE_LOVENSE.url,
     "LOVENSE_DEVELOPER_TOKEN": "test-developer-token",
-    "LOVENSE_CALLBACK_SECRET": "test-callback-secret",
+    "LOVENSE_CALLBACK_SECRET": "test-callback-secret-long-enough-for-hmac",
     "LOVENSE_CONNECT_TIMEOUT": "0.5",
     "LOVENSE_READ_TIMEOUT": "0.5",
     "LOVENSE_MAX_ATTEMPTS": "3",

@@ -9,8 +9,9 @@ from models.settings import (
     Settings,
 )
 
+STRONG = "s3cret-" + "x" * 32
 DEPLOYED = {"DATABASE_URL": "postgresql://u:p@db/perfmenu", "REDIS_URL": "redis://cache:6379/0",
-            "JWT_SECRET_KEY": "s3cret"}
+            "JWT_SECRET_KEY": STRONG}
 
 
 def settings(**env):
@@ -33,7 +34,7 @@ def test_deployed_settings():
     s = settings()
     assert not s.embedded
     assert s.redis_url == s.broker_url == "redis://cache:6379/0"
-    assert s.jwt_secret_key == "s3cret"
+    assert s.jwt_secret_key == STRONG
     assert settings(CELERY_BROKER_URL="redis://broker/1").broker_url == "redis://broker/1"
 
 
@@ -58,7 +59,7 @@ def test_secret_is_required_outside_embedded_mode():
 def test_redis_is_required_with_a_database():
     """A real database without REDIS_URL is refused: the worker needs a broker."""
     with pytest.raises(ConfigError, match="REDIS_URL"):
-        Settings.from_env({"DATABASE_URL": "postgres://u@h/db", "JWT_SECRET_KEY": "s3cret"})
+        Settings.from_env({"DATABASE_URL": "postgres://u@h/db", "JWT_SECRET_KEY": STRONG})
 
 
 def test_time_zone():
@@ -104,5 +105,22 @@ def test_settle_linger_is_capped(raw, expected):
 
 def test_secrets_stay_out_of_repr():
     """The JWT secret, developer token and metrics token never appear in the settings' repr."""
-    text = repr(settings(LOVENSE_DEVELOPER_TOKEN="dev-tok", METRICS_TOKEN="met-tok"))
-    assert "s3cret" not in text and "dev-tok" not in text and "met-tok" not in text
+    text = repr(settings(LOVENSE_DEVELOPER_TOKEN="dev-tok", LOVENSE_CALLBACK_SECRET="cb-" + "y" * 32,
+                         METRICS_TOKEN="met-tok"))
+    assert "s3cret" not in text and "dev-tok" not in text and "met-tok" not in text and "cb-y" not in text
+
+
+def test_secrets_outside_embedded_mode_are_strong_and_separate():
+    """Issue 20: a 1-character or the embedded mode's JWT key is refused with PostgreSQL; a Lovense callback
+    secret of its own is required once Lovense is configured."""
+    for weak in ("x", "y" * 31, EMBEDDED_SECRET):
+        with pytest.raises(ConfigError, match="JWT_SECRET_KEY must be at least 32 bytes"):
+            settings(JWT_SECRET_KEY=weak)
+    assert Settings.from_env({"JWT_SECRET_KEY": "x"}).embedded  # the embedded mode takes any key
+    lovense = {"LOVENSE_DEVELOPER_TOKEN": "dev-token"}
+    with pytest.raises(ConfigError, match="LOVENSE_CALLBACK_SECRET"):
+        settings(**lovense)
+    with pytest.raises(ConfigError, match="differ"):
+        settings(**lovense, LOVENSE_CALLBACK_SECRET=STRONG)
+    assert settings(**lovense, LOVENSE_CALLBACK_SECRET="c" * 40).lovense_callback_secret == "c" * 40
+    assert settings(**lovense, LOVENSE_ENABLED="false").lovense_enabled is False  # switched off: not needed
