@@ -125,8 +125,9 @@ def _user(session, user_id, role: str) -> User:
 
 def _fan_to_top_up(session, ref: str):
     fan_id = find_user_id(session, ref)
-    if fan_id is None and parse_uuid(ref) is None and settings().platform_identity:
-        fan_id = platform_user(session, PlatformClaims(ref[:EXTERNAL_ID_MAX], "fan", None, 0)).id
+    is_platform_id = parse_uuid(ref) is None and len(ref) <= EXTERNAL_ID_MAX  # never cut: two ids would meet
+    if fan_id is None and is_platform_id and settings().platform_identity:
+        fan_id = platform_user(session, PlatformClaims(ref, "fan", None, 0)).id
     if fan_id is None:
         raise ApiError(404, "not_found", "No such fan")
     return _user(session, fan_id, "fan").id
