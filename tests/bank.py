@@ -530,13 +530,17 @@ def _quiesce(cluster: Cluster, cfg: Config, log) -> None:
         last = now
     # Beat keeps running its jobs: a toy activation whose task died with a worker or a Redis restart is
     # claimed until its lease runs out (about 31 s here), and only then can the sweep's new request take it.
+    # Quiet means: nothing pending, and the last run asked for no toy activation again (one it asks for has no
+    # row until a worker takes its task, so the pending count alone cannot see it).
     deadline = time.monotonic() + 90
     while True:
-        log("beat: " + beat_jobs(cluster))
+        report = beat_jobs(cluster)
+        log("beat: " + report)
+        asked_again = int(report.rsplit("toys asked again", 1)[1])
         waited = time.monotonic() + 5
         while _pending_count() and time.monotonic() < waited:
             time.sleep(0.5)
-        if not _pending_count() or time.monotonic() > deadline:
+        if (not _pending_count() and not asked_again) or time.monotonic() > deadline:
             break
 
 
