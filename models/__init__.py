@@ -1,5 +1,6 @@
 """SQLAlchemy models and the rules that keep the books (ledger postings, state transitions)."""
 from .audit import AuditEvent, audit
+from .auth_sessions import AuthSession
 from .db import Base
 from .ledger import Account, InsufficientFunds, LedgerEntry
 from .lovense import LovenseActivation, LovenseLink
@@ -12,6 +13,7 @@ from .users import Subscription, User
 __all__ = [
     "Account",
     "AuditEvent",
+    "AuthSession",
     "Base",
     "InsufficientFunds",
     "InvalidTransition",

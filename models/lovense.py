@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import uuid
-from datetime import datetime
+from datetime import datetime, timezone
 
 from sqlalchemy import JSON, BigInteger, ForeignKey, Index, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
@@ -26,6 +26,20 @@ class LovenseLink(Base):
     uid: Mapped[str] = mapped_column(String(128))
     toys: Mapped[dict | None] = mapped_column(JSON)
     linked_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # The pairing (QR code) that made this link: Lovense's later callbacks for it may refresh `toys`, no other.
+    pairing_nonce: Mapped[str | None] = mapped_column(String(32))
+
+
+class LovensePairing(Base):
+    """A QR code we asked Lovense for: its nonce is in the utoken, and the first callback that brings it back
+    uses it up (a replayed callback cannot link again)."""
+
+    __tablename__ = "lovense_pairings"
+
+    nonce: Mapped[str] = mapped_column(String(32), primary_key=True)
+    model_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id"), index=True)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class LovenseActivation(Base):
@@ -69,12 +83,26 @@ def toy_unavailable(settings, paired: bool) -> str | None:
     return None
 
 
-def callback_utoken(secret: str, model_id) -> str:
-    """The utoken we hand to Lovense for a model and expect back in its callback: HMAC-SHA256 of the id."""
-    return hmac.new(secret.encode(), str(model_id).encode(), hashlib.sha256).hexdigest()
+PAIRING_MINUTES = 15  # how long a QR code's utoken is good for its first callback
 
 
-def utoken_valid(secret: str, model_id, utoken) -> bool:
-    if not isinstance(utoken, str) or not secret:
-        return False
-    return hmac.compare_digest(callback_utoken(secret, model_id).encode(), utoken.encode())
+def _signature(secret: str, model_id, nonce: str, expires: int) -> str:
+    return hmac.new(secret.encode(), f"{model_id}.{nonce}.{expires}".encode(), hashlib.sha256).hexdigest()
+
+
+def pairing_utoken(secret: str, model_id, nonce: str, expires_at: datetime) -> str:
+    """The utoken we hand to Lovense with a QR code and expect back in its callback: the pairing's nonce, its
+    expiry and an HMAC-SHA256 of both with the model id, so nobody can make one or move it to another model."""
+    expires = int(expires_at.timestamp())
+    return f"{nonce}.{expires}.{_signature(secret, model_id, nonce, expires)}"
+
+
+def read_utoken(secret: str, model_id, utoken) -> tuple[str, datetime] | None:
+    """(nonce, expiry) of a utoken we made for `model_id`, or None if it is not one (compared in constant time)."""
+    parts = utoken.split(".") if isinstance(utoken, str) and secret else []
+    if len(parts) != 3 or not parts[1].isdigit() or len(parts[1]) > 12:
+        return None
+    nonce, expires, signature = parts[0], int(parts[1]), parts[2]
+    if not hmac.compare_digest(_signature(secret, model_id, nonce, expires).encode(), signature.encode()):
+        return None
+    return nonce, datetime.fromtimestamp(expires, timezone.utc)

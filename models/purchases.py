@@ -32,7 +32,7 @@ OPEN_QUEUE_STATUSES = ("queued", "in_progress")
 # nor its menu says (a menu's delivery_hours_default starts at this value).
 DEFAULT_DELIVERY_HOURS = 24
 # Why a purchase is refused (at intake or at settlement), in the order the rules are checked.
-REFUSAL_REASONS = ("item_unavailable", "insufficient_balance", "daily_limit_reached", "queue_full")
+REFUSAL_REASONS = ("account_inactive", "item_unavailable", "insufficient_balance", "daily_limit_reached", "queue_full")
 
 TRANSITIONS = {
     "pending": {"completed", "queued", "failed"},
@@ -135,6 +135,7 @@ def daily_count(session, fan_id, item_id, day: date, statuses=COUNTS_TOWARD_DAIL
 
 def refusal(
     *,
+    buyer_active: bool,
     available: bool,
     price: int,
     balance: int | None,
@@ -149,7 +150,10 @@ def refusal(
     The one home of the purchase rules: intake calls it as a precheck, settlement again under the fan's and the
     model's locks, where its answer is final. `bought_today` (the fan's purchases of the item that count toward
     the daily limit) and `queue_size` (the model's open queue entries) are asked only when the rule needs them,
-    since each may cost a query. A missing balance (no wallet) refuses like an empty one."""
+    since each may cost a query. A missing balance (no wallet) refuses like an empty one. `available` covers the
+    item, its menu, its model's account and whether the fan may see the menu."""
+    if not buyer_active:
+        return "account_inactive"
     if not available:
         return "item_unavailable"
     if balance is None or balance < price:

@@ -8,6 +8,7 @@ deployment, and then secrets must come from the environment.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field, fields
 from zoneinfo import ZoneInfo
 
@@ -19,6 +20,35 @@ MAX_SETTLE_LINGER_SECONDS = 2.0
 
 class ConfigError(RuntimeError):
     pass
+
+
+def or_exit(read, *args):
+    """`read(*args)` for a process's start: a bad setting ends the process with one line that names it (exit
+    status 2), not a traceback."""
+    try:
+        return read(*args)
+    except ConfigError as exc:
+        print(f"perfmenu: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def settings_or_exit(env=None) -> "Settings":
+    """Settings.from_env at a process's entry point (web/wsgi.py, worker/main.py, the CLI, gunicorn's config)."""
+    return or_exit(Settings.from_env, env)
+
+
+def ensure_metrics_dir(path: str | None) -> None:
+    """prometheus_client reads PROMETHEUS_MULTIPROC_DIR itself and opens a file there per process as soon as the
+    metrics are made (models/infra/metrics.py, at import): the directory is made if missing and must be
+    writable."""
+    if not path:
+        return
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"PROMETHEUS_MULTIPROC_DIR {path!r} cannot be created ({exc.strerror})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"PROMETHEUS_MULTIPROC_DIR {path!r} is not writable")
 
 
 def _number(env, name, default, cast=int):
@@ -191,6 +221,7 @@ class Settings:
                 _strong(env.get("LOVENSE_CALLBACK_SECRET") or "", "LOVENSE_CALLBACK_SECRET")
                 if env["LOVENSE_CALLBACK_SECRET"] == secret:
                     raise ConfigError("LOVENSE_CALLBACK_SECRET must differ from JWT_SECRET_KEY")
+        ensure_metrics_dir(env.get("PROMETHEUS_MULTIPROC_DIR"))
         tz = env.get("PERFMENU_TIME_ZONE") or d["day_time_zone"]
         try:
             ZoneInfo(tz)

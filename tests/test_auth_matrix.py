@@ -1,6 +1,7 @@
-"""Auth matrix: every route of the app x {no token, expired token, forged token, wrong role, another user's
-object} -> 401 / 401 / 401 / 403 / 404, with the error envelope; once with perfmenu's own tokens and once with
-the host platform's (RS256, a platform id per user).
+"""Auth matrix: every route of the app x {no token, expired token, forged token, deactivated user, signed-out
+(revoked) session, wrong role, another user's object} -> 401 / 401 / 401 / 401 / 401 / 403 / 404, with the error
+envelope; once with perfmenu's own tokens and once with the host platform's (RS256, a platform id per user; the
+platform ends its own sessions, so that run has no revoked column).
 
 The routes come from `app.url_map`, so a new route cannot escape: a route without an entry in ROUTES fails
 `test_every_route_has_an_entry` and its own parametrized case. Public routes are an explicit allow-list."""
@@ -18,6 +19,7 @@ from conftest import SETTINGS, get_purchase, make_settings, new_session
 from fake_platform import AUDIENCE, ISSUER, new_key, public_pem
 from flask_jwt_extended import create_access_token, create_refresh_token
 
+from models.auth_sessions import AuthSession, open_session
 from models.users import User
 from models.purchases import Purchase
 from models.types import utcnow
@@ -33,7 +35,7 @@ IGNORED_ENDPOINTS = {"static"}
 @dataclass(frozen=True)
 class Route:
     roles: frozenset = ANY  # roles allowed to call it; others get 403
-    token: str = "access"  # "access" or "refresh"
+    token: str = "access"  # "access", "refresh" or "any" (either of ours)
     # Path parameters naming an object that belongs to someone: any other non-admin caller gets 404.
     owned: tuple = ()
     body: dict = field(default_factory=dict)  # a minimal valid JSON body (built from the world if callable)
@@ -55,6 +57,9 @@ ROUTES: dict[tuple[str, str], Route | None] = {
     ("GET", "/docs/assets/<name>"): PUBLIC,  # Swagger UI's own files
     ("POST", "/lovense/callback"): PUBLIC,  # Lovense's server calls it; verified by the utoken it carries
     ("POST", "/auth/refresh"): Route(token="refresh"),
+    ("POST", "/auth/logout"): Route(token="any"),
+    ("POST", "/admin/users/<user_ref>/deactivate"): Route(roles=ADMIN),
+    ("POST", "/admin/users/<user_ref>/activate"): Route(roles=ADMIN),
     # Menus are shared objects: visibility (403 for hidden menus) is tested in test_access_and_limits.
     ("GET", "/menu/<uuid:menu_id>"): Route(),
     ("GET", "/menu/model/<model_id>"): Route(),
@@ -156,6 +161,7 @@ class World:
             "fan_id": self.owner_fan.id,
             "fan_ref": self.owner_fan.id,
             "user_id": self.owner_fan.id,
+            "user_ref": self.owner_fan.id,
             "purchase_id": self.purchase_id,
         }
 
@@ -170,10 +176,42 @@ def build_path(rule: str, params: dict) -> str:
     return out
 
 
-def token_for(app, user, kind="access", expires=None) -> str:
-    make = create_access_token if kind == "access" else create_refresh_token
+def token_for(app, user, kind="access", expires=None, session_id=None) -> str:
+    """A token as login issues it, in a sign-in session of its own (or `session_id`'s)."""
+    s = new_session()
+    try:
+        row = s.get(AuthSession, session_id) if session_id else open_session(s, user.id, timedelta(days=1))
+        s.commit()
+        claims = {"role": user.role, "sid": str(row.id)}
+        if kind == "refresh":
+            claims["jti"] = row.refresh_jti
+    finally:
+        s.close()
+    make = create_refresh_token if kind == "refresh" else create_access_token
     with app.app_context():
-        return make(identity=str(user.id), additional_claims={"role": user.role}, expires_delta=expires)
+        return make(identity=str(user.id), additional_claims=claims, expires_delta=expires)
+
+
+def set_active(user, active: bool) -> None:
+    s = new_session()
+    try:
+        s.get(User, user.id).is_active = active
+        s.commit()
+    finally:
+        s.close()
+
+
+def sign_out(app, user, kind) -> str:
+    """A token of a session that has been signed out (POST /auth/logout)."""
+    token = token_for(app, user, kind)
+    r = app.test_client().post("/auth/logout", headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 204, r.get_json()
+    return token
+
+
+def assert_code(r, status, code):
+    assert_error(r, status)
+    assert r.get_json()["error"]["code"] == code, r.get_json()
 
 
 def call(client, method, path, route: Route, params, token=None):
@@ -210,8 +248,15 @@ def test_route_refuses_missing_expired_forged_tokens_wrong_roles_and_others_obje
     assert_error(call(client, method, path, route, params, forged), 401)
     if route.token == "refresh":  # an access token where a refresh token is required
         assert_error(call(client, method, path, route, params, token_for(app, some_caller)), 401)
-    else:  # a refresh token is not an access token
+    elif route.token == "access":  # a refresh token is not an access token
         assert_error(call(client, method, path, route, params, token_for(app, some_caller, "refresh")), 401)
+    # Deactivated: the token they already hold is refused on the next request; signed out: the same.
+    inactive = world.factory.user(sorted(route.roles)[0])
+    token = token_for(app, inactive, route.token)
+    set_active(inactive, False)
+    assert_code(call(client, method, path, route, params, token), 401, "account_inactive")
+    revoked = sign_out(app, world.factory.user(sorted(route.roles)[0]), route.token)
+    assert_code(call(client, method, path, route, params, revoked), 401, "token_revoked")
 
     assert_roles_and_owners(client, method, path, route, params, world,
                              lambda user: token_for(app, user, route.token))
@@ -233,18 +278,20 @@ def assert_roles_and_owners(client, method, path, route, params, world, token_of
         assert r.status_code not in (401, 403), (r.status_code, r.get_json())
 
 
-def test_token_of_a_deleted_or_deactivated_user_cannot_refresh(app, client, factory):
+def test_token_of_a_deactivated_user_cannot_refresh(app, client, factory):
     fan = factory.user("fan")
     token = token_for(app, fan, "refresh")
-    s = new_session()
-    try:
-        from models.users import User
+    set_active(fan, False)
+    assert_code(client.post("/auth/refresh", headers={"Authorization": f"Bearer {token}"}), 401, "account_inactive")
 
-        s.get(User, fan.id).is_active = False
-        s.commit()
-    finally:
-        s.close()
-    assert_error(client.post("/auth/refresh", headers={"Authorization": f"Bearer {token}"}), 401)
+
+def test_a_token_without_a_sign_in_session_is_refused(app, client, factory):
+    """Tokens from before sessions existed (no `sid`) are refused: signing in again gives one that works."""
+    fan = factory.user("fan")
+    with app.app_context():
+        old = create_access_token(identity=str(fan.id), additional_claims={"role": "fan"})
+    assert_code(client.get("/wallet", headers={"Authorization": f"Bearer {old}"}), 401, "token_revoked")
+    assert client.get("/wallet", headers=factory.headers(fan)).status_code == 200
 
 
 PLATFORM_KEY, OTHER_KEY = new_key(), new_key()
@@ -277,6 +324,11 @@ def test_route_refuses_the_platforms_expired_and_forged_tokens_wrong_roles_and_o
 
     assert_error(call(client, method, path, route, params, platform_token(some_caller, expires_in=-30)), 401)
     assert_error(call(client, method, path, route, params, platform_token(some_caller, key=OTHER_KEY)), 401)
+    inactive = world.factory.user(sorted(route.roles)[0])
+    token = platform_token(inactive)
+    set_active(inactive, False)
+    expected = "invalid_token" if route.token == "refresh" else "account_inactive"
+    assert_code(call(client, method, path, route, params, token), 401, expected)
     if route.token == "refresh":  # the platform's tokens are never perfmenu's refresh tokens
         assert_error(call(client, method, path, route, params, platform_token(some_caller)), 401)
         return

@@ -2,9 +2,11 @@
 and a real Celery worker whose LOVENSE_API_URL points at it (short timeouts and backoffs: see conftest)."""
 from __future__ import annotations
 
+import secrets
 import threading
 import time
 import uuid
+from datetime import timedelta
 
 import pytest
 from conftest import LOVENSE_TEST_ENV, RUNTIME, make_settings, assert_books_balance, balance, get_purchase
@@ -12,7 +14,8 @@ from fake_lovense import OK, hang, http_status, reply_code
 from sqlalchemy import select
 
 from conftest import new_session
-from models.lovense import LovenseActivation, callback_utoken
+from models.lovense import LovenseActivation, LovensePairing, pairing_utoken
+from models.types import utcnow
 from models.runtime import Runtime
 from models.services import activations
 from models.services.lovense_api import build_command
@@ -41,8 +44,20 @@ CONTROL_5_MIN = {"name": "Control My Lovense 5 minutes", "token_value": 1000, "b
 FINAL = ("sent", "failed", "skipped")
 
 
+def issue_pairing(model_id, minutes=15) -> str:
+    """What POST /lovense/qr-code stores and hands Lovense, without asking the fake for a QR code."""
+    s = new_session()
+    try:
+        nonce, expires_at = secrets.token_hex(16), utcnow() + timedelta(minutes=minutes)
+        s.add(LovensePairing(nonce=nonce, model_id=model_id, expires_at=expires_at))
+        s.commit()
+        return pairing_utoken(SECRET, model_id, nonce, expires_at)
+    finally:
+        s.close()
+
+
 def pair(client, model):
-    r = client.post("/lovense/callback", json={"uid": str(model.id), "utoken": callback_utoken(SECRET, model.id),
+    r = client.post("/lovense/callback", json={"uid": str(model.id), "utoken": issue_pairing(model.id),
                                                "toys": {"t1": {"name": "lush", "status": 1}}})
     assert r.status_code == 200, r.json
 
@@ -326,6 +341,41 @@ def test_pairing_round_trip(client, factory, fake_lovense):
     r = client.delete("/lovense/link", headers=headers)
     assert r.status_code == 200 and r.json["linked"] is False
     assert client.get("/lovense/link", headers=headers).json["linked"] is False
+
+    # The captured callback, replayed after the unlink, links nothing.
+    r = client.post("/lovense/callback", json=callback)
+    assert r.status_code == 403 and r.json["error"]["code"] == "invalid_utoken"
+    assert client.get("/lovense/link", headers=headers).json["linked"] is False
+
+
+def test_a_pairing_is_used_once_expires_and_stores_the_uid_in_one_form(client, factory):
+    model = factory.user("model")
+    headers = factory.headers(model)
+    first = issue_pairing(model.id)
+    # Lovense may write the uid in capitals or without dashes: it is stored the way we sent it.
+    toys = {"t1": {"name": "lush", "status": 1}}
+    r = client.post("/lovense/callback", json={"uid": model.id.hex.upper(), "utoken": first, "toys": toys})
+    assert r.status_code == 200, r.json
+    assert client.get("/lovense/link", headers=headers).json["uid"] == str(model.id)
+    # Lovense's later callback for the same pairing refreshes the toys of that link.
+    off = {"t1": {"name": "lush", "status": 0}}
+    assert client.post("/lovense/callback", json={"uid": str(model.id), "utoken": first, "toys": off}).status_code == 200
+    assert client.get("/lovense/link", headers=headers).json["toys"] == off
+    # A newer pairing takes over: the first utoken can no longer touch the link.
+    assert client.post("/lovense/callback", json={"uid": str(model.id), "utoken": issue_pairing(model.id),
+                                                  "toys": toys}).status_code == 200
+    r = client.post("/lovense/callback", json={"uid": str(model.id), "utoken": first, "toys": off})
+    assert r.status_code == 403 and r.json["error"]["code"] == "invalid_utoken"
+    assert client.get("/lovense/link", headers=headers).json["toys"] == toys
+    # An expired QR code links nothing; nor does a utoken whose expiry was edited (the signature covers it).
+    other = factory.user("model")
+    r = client.post("/lovense/callback", json={"uid": str(other.id), "utoken": issue_pairing(other.id, minutes=-1)})
+    assert r.status_code == 403 and r.json["error"]["code"] == "pairing_expired"
+    nonce, expires, signature = issue_pairing(other.id, minutes=-1).split(".")
+    later = f"{nonce}.{int(expires) + 3600}.{signature}"
+    r = client.post("/lovense/callback", json={"uid": str(other.id), "utoken": later})
+    assert r.status_code == 403 and r.json["error"]["code"] == "invalid_utoken"
+    assert client.get("/lovense/link", headers=factory.headers(other)).json["linked"] is False
 
 
 def test_qr_code_when_lovense_refuses_is_502(client, factory, fake_lovense):

@@ -5,6 +5,7 @@ import io
 import json
 import logging
 import re
+import subprocess
 import sys
 import time
 import uuid
@@ -13,7 +14,7 @@ from datetime import timedelta
 import pytest
 from conftest import (SETTINGS, Factory, assert_books_balance, balance, get_purchase, ledger_rows, make_settings,
                       new_session, subprocess_env, wait_for_idle_settlement)
-from processes import ProcessGroup, free_port, start_redis_server
+from processes import ROOT, ProcessGroup, free_port, start_redis_server
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select
 
@@ -155,14 +156,15 @@ def test_healthz_and_readyz_follow_redis_down_and_back(database):
     assert r.status_code == 503
     assert r.json["error"]["code"] == "not_ready"
     assert "redis" in r.json["error"]["message"]
-    assert r.json["checks"] == {"database": "ok", "redis": "down", "broker": "ok"}
+    assert r.json["checks"] == {"database": "ok", "schema": "ok", "redis": "down", "broker": "ok"}
     assert client.get("/healthz").status_code == 200  # the process is still up
 
     server = start_redis_server(port)
     try:
         r = client.get("/readyz")
         assert r.status_code == 200, r.json
-        assert r.json == {"status": "ready", "checks": {"database": "ok", "redis": "ok", "broker": "ok"}}
+        assert r.json == {"status": "ready", "checks": {"database": "ok", "schema": "ok", "redis": "ok",
+                                                                   "broker": "ok"}}
     finally:
         server.kill()
     r = client.get("/readyz")
@@ -177,6 +179,47 @@ def test_readyz_names_an_unreachable_broker_and_database(database):
     assert r.status_code == 503
     assert r.json["checks"] == {"database": "down", "redis": "ok", "broker": "down"}
     assert r.json["error"]["message"] == "Not ready: database, broker"
+
+
+def test_readyz_refuses_a_database_whose_migrations_have_not_run(database):
+    from sqlalchemy import create_engine, text
+
+    name = f"perfmenu_unmigrated_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(database.url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        r = make_app(database_url=database.url.set(database=name).render_as_string(hide_password=False)) \
+            .test_client().get("/readyz")
+        assert r.status_code == 503
+        assert r.json["checks"]["database"] == "ok" and r.json["checks"]["schema"] == "not_migrated"
+        assert r.json["error"]["message"] == "Not ready: schema"
+    finally:
+        from models.db import engine_for
+
+        engine_for.cache_clear()  # drop the pool that holds a connection to it
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+
+
+@pytest.mark.parametrize("entry", ["import web.wsgi", "import worker.main"])
+def test_a_bad_setting_ends_a_process_with_one_clear_line(entry, tmp_path):
+    def start(**env):
+        return subprocess.run([sys.executable, "-c", entry], cwd=ROOT, env=subprocess_env(**env),
+                              capture_output=True, text=True, timeout=120)
+
+    for env, named in ((dict(PERFMENU_TIME_ZONE="Mars/Olympus"), "PERFMENU_TIME_ZONE"),
+                       (dict(JWT_SECRET_KEY="short"), "JWT_SECRET_KEY"),
+                       (dict(QUEUE_CAPACITY="many"), "QUEUE_CAPACITY")):
+        out = start(**env)
+        assert out.returncode == 2, out.stderr[-2000:]
+        assert "Traceback" not in out.stderr and named in out.stderr.strip().splitlines()[-1], out.stderr[-2000:]
+    # A metrics directory that does not exist yet is made; a place that cannot be one is named.
+    missing = tmp_path / "not" / "yet"
+    assert start(PROMETHEUS_MULTIPROC_DIR=str(missing)).returncode == 0 and missing.is_dir()
+    (tmp_path / "a-file").write_text("")
+    out = start(PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "a-file" / "metrics"))
+    assert out.returncode == 2 and "PROMETHEUS_MULTIPROC_DIR" in out.stderr, out.stderr[-2000:]
 
 
 # --- Metrics -----------------------------------------------------------------------------------------------------

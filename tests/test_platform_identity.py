@@ -9,7 +9,6 @@ import jwt
 import pytest
 from conftest import make_settings, new_session
 from fake_platform import AUDIENCE, ISSUER, FakePlatform, new_key, public_pem
-from flask_jwt_extended import create_access_token
 from sqlalchemy import select
 
 from models.users import User
@@ -143,10 +142,9 @@ def test_a_role_other_than_the_accounts_is_403(platform, platform_client):
 
 def test_our_own_tokens_keep_working_beside_the_platforms(platform, platform_client, factory):
     fan = factory.user("fan", tokens=5)
-    with platform_client.application.app_context():
-        own = create_access_token(identity=str(fan.id), additional_claims={"role": "fan"})
-    assert platform_client.get("/wallet", headers=bearer(own)).json["token_balance"] == 5
-    assert platform_client.post("/auth/login", json={"username": fan.username, "password": "pw"}).status_code == 200
+    r = platform_client.post("/auth/login", json={"username": fan.username, "password": "pw"})
+    assert r.status_code == 200
+    assert platform_client.get("/wallet", headers=bearer(r.json["access_token"])).json["token_balance"] == 5
 
 
 def test_unreachable_keys_answer_503_to_retry(platform, platform_client):

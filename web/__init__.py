@@ -8,7 +8,7 @@ from flask_smorest import Api
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from models.runtime import Runtime
-from models.settings import Settings
+from models.settings import Settings, settings_or_exit
 from worker import handoff
 
 from . import admin, auth, docs, lovense, menu_manage, menus, ops, purchases, queue_routes, wallet
@@ -16,6 +16,7 @@ from .cli import register_cli
 from .deps import close_db
 from .errors import register_error_handlers
 from .limits import init_limiter
+from .request_body import RequestBody
 from .schemas import ErrorOut
 
 
@@ -27,7 +28,7 @@ class PerfmenuApi(Api):
 def create_app(settings: Settings | None = None) -> Flask:
     """The app, governed by `settings` in everything its requests use (database, Redis, limits, secrets).
     Without settings (the `flask --app web` CLI) they are read from the environment, once, here."""
-    settings = settings or Settings.from_env()
+    settings = settings or settings_or_exit()
     runtime = Runtime(settings)
     app = Flask(__name__)
     app.extensions["perfmenu"] = runtime
@@ -52,6 +53,8 @@ def create_app(settings: Settings | None = None) -> Flask:
             "security": [{"bearerAuth": []}],
         },
     )
+    # Below Flask: chunked bodies over the limit, and the connection after a body left unread (413...).
+    app.wsgi_app = RequestBody(app.wsgi_app, app)
     ops.init_request_hooks(app)  # first, so the request id is known to everything after it
     auth.init_jwt(app, settings)
     init_limiter(app, settings)

@@ -9,6 +9,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from models.audit import audit
+from models.auth_sessions import revoke_user_sessions
 from models.ledger import Account, LedgerEntry, books_differences, top_up
 from models.menu_schemas import Int
 from models.purchases import STATUSES, InvalidTransition, Purchase
@@ -157,6 +158,47 @@ def create_user_endpoint(body):
             raise ApiError(409, "username_taken", "That username is taken") from None
         raise ApiError(409, "conflict", "The user could not be created; try again") from None
     return user
+
+
+def _set_active(user_ref: str, active: bool) -> User:
+    session = db()
+    user_id = find_user_id(session, user_ref)
+    user = session.get(User, user_id, with_for_update=True) if user_id is not None else None
+    if user is None:
+        raise ApiError(404, "not_found", "No such user")
+    if user.id == current_user_id() and not active:
+        raise ApiError(409, "conflict", "An admin cannot deactivate themselves")
+    if user.is_active != active:
+        user.is_active = active
+        if not active:
+            revoke_user_sessions(session, user.id, "deactivated")
+        audit(session, "user.activated" if active else "user.deactivated", user.id, current_user_id())
+        session.commit()
+    return user
+
+
+USER_EXAMPLE = {"id": FAN_ID, "username": "fan1", "role": "fan", "display_name": None, "is_active": False}
+
+
+@blp.route("/users/<user_ref>/deactivate", methods=["POST"])
+@role_required("admin")
+@blp.response(200, UserOut, example=USER_EXAMPLE)
+@error(404, description="not_found: no such user")
+@error(409, description="conflict: an admin cannot deactivate themselves")
+def deactivate_user(user_ref):
+    """Deactivate a user (our id or the platform's id): every token they hold is refused from their next
+    request, they cannot sign in, and their purchases still pending fail with `account_inactive` (nothing moves).
+    Queue entries already paid stay as they are. Audited."""
+    return _set_active(user_ref, False)
+
+
+@blp.route("/users/<user_ref>/activate", methods=["POST"])
+@role_required("admin")
+@blp.response(200, UserOut, example={**USER_EXAMPLE, "is_active": True})
+@error(404, description="not_found: no such user")
+def activate_user(user_ref):
+    """Let a deactivated user sign in again (tokens from before the deactivation stay refused). Audited."""
+    return _set_active(user_ref, True)
 
 
 def _top_up_view(session, entry: LedgerEntry, fan_id, replayed: bool) -> dict:

@@ -1,11 +1,15 @@
-"""Login, refresh, and the role checks every other endpoint uses."""
+"""Login, refresh, logout, and the role checks every other endpoint uses.
+
+Every token we issue names its sign-in session (claim `sid`, models/auth_sessions.py). Each request checks, in
+one query, that the user is active and the session not ended: deactivation, logout and a reused refresh token
+take effect on the next request of every token involved."""
 from __future__ import annotations
 
 import time
 import uuid
 from functools import wraps
 
-from flask import current_app, g, request
+from flask import Response, current_app, g, request
 from flask_jwt_extended import (
     JWTManager,
     create_access_token,
@@ -18,6 +22,16 @@ from flask_jwt_extended import (
 from marshmallow import Schema, fields, validate
 from sqlalchemy import select
 
+from models.audit import audit
+from models.auth_sessions import (
+    ACCOUNT_INACTIVE,
+    TOKEN_REVOKED,
+    open_session,
+    refusal_of,
+    revoke_session,
+    rotate_refresh,
+    token_refusal,
+)
 from models.users import User, dummy_password_check
 
 from .deps import db, runtime
@@ -53,6 +67,7 @@ class CachingJWTManager(JWTManager):
 
 
 jwt = CachingJWTManager()
+TOKEN_REFUSAL_MESSAGE = {ACCOUNT_INACTIVE: "The account is not active", TOKEN_REVOKED: "The token has been revoked"}
 
 
 class LoginRequest(Schema):
@@ -68,15 +83,29 @@ class TokenPair(Schema):
     role = fields.String()
 
 
-def tokens_for(user: User) -> dict:
-    claims = {"role": user.role}
+def tokens_for(user: User, session_id, refresh_jti: str) -> dict:
+    claims = {"role": user.role, "sid": str(session_id)}
     return {
         "access_token": create_access_token(identity=str(user.id), additional_claims=claims),
-        "refresh_token": create_refresh_token(identity=str(user.id), additional_claims=claims),
+        "refresh_token": create_refresh_token(identity=str(user.id), additional_claims={**claims, "jti": refresh_jti}),
         "token_type": "Bearer",
         "user_id": user.id,
         "role": user.role,
     }
+
+
+def sign_in(session, user: User) -> dict:
+    """A new sign-in session for `user` and its first pair of tokens (committed)."""
+    row = open_session(session, user.id, current_app.config["JWT_REFRESH_TOKEN_EXPIRES"])
+    session.commit()
+    return tokens_for(user, row.id, row.refresh_jti)
+
+
+def _session_id(claims: dict) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(claims["sid"])
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 TOKEN_EXAMPLE = {"access_token": "eyJhbGciOiJIUzI1NiIs...", "refresh_token": "eyJhbGciOiJIUzI1NiIs...",
@@ -94,41 +123,90 @@ def login(body):
     """Exchange a username and password for an access and a refresh token.
 
     Rate limited per client address (RATE_LIMIT_LOGIN)."""
-    user = db().scalar(select(User).where(User.username == body["username"]))
+    session = db()
+    user = session.scalar(select(User).where(User.username == body["username"]))
     if user is None:
         dummy_password_check()
-    if user is None or not user.is_active or not user.check_password(body["password"]):
+    # The hash is checked for inactive users too: timing must not tell them apart.
+    if user is None or not user.check_password(body["password"]) or not user.is_active:
         raise ApiError(401, "invalid_credentials", "Wrong username or password")
-    return tokens_for(user)
+    return sign_in(session, user)
 
 
 @blp.route("/refresh", methods=["POST"])
 @jwt_required(refresh=True)
-@blp.response(200, TokenPair, example={k: v for k, v in TOKEN_EXAMPLE.items() if k != "refresh_token"})
+@blp.response(200, TokenPair, example=TOKEN_EXAMPLE)
 @error(401, "unauthorized", "A bearer token is required",
-       description="unauthorized, invalid_token, token_expired: send the refresh token as the bearer token")
+       description="unauthorized, invalid_token, token_expired, token_revoked, account_inactive: send the session's "
+                   "latest refresh token as the bearer token")
 def refresh():
-    """A new access token for a valid refresh token (sent as `Authorization: Bearer <refresh token>`)."""
-    user = db().get(User, uuid.UUID(get_jwt_identity()))
-    if user is None or not user.is_active:
-        raise ApiError(401, "unauthorized", "The account is not active")
-    return {"access_token": tokens_for(user)["access_token"], "token_type": "Bearer", "user_id": user.id,
-            "role": user.role}
+    """A new access token and a new refresh token for the session's latest refresh token (sent as
+    `Authorization: Bearer <refresh token>`). The refresh token sent is spent: sending it again ends the session
+    (reuse detection), and every token of the session is refused from then on."""
+    session = db()
+    claims = get_jwt()
+    row = rotate_refresh(session, _session_id(claims), claims["jti"])
+    session.commit()
+    if row is None:
+        raise ApiError(401, TOKEN_REVOKED, TOKEN_REFUSAL_MESSAGE[TOKEN_REVOKED])
+    return tokens_for(session.get(User, row.user_id), row.id, row.refresh_jti)
 
 
-def authenticate() -> None:
+@blp.route("/logout", methods=["POST"])
+@blp.response(204)
+@error(401, "unauthorized", "A bearer token is required",
+       description="unauthorized, invalid_token, token_expired, token_revoked: send one of the session's tokens")
+def logout():
+    """End the sign-in session of the bearer token (access or refresh): every token of that session, the refresh
+    token included, is refused from the next request on. A platform token's session is the platform's to end:
+    nothing changes here (204)."""
+    if _platform_tokens() is not None and is_platform_token(_bearer()):
+        authenticate()
+        return Response(status=204)
+    verify_jwt_in_request(verify_type=False)
+    session = db()
+    session_id = _session_id(get_jwt())
+    revoke_session(session, session_id, "logout")
+    audit(session, "auth.logout", session_id, uuid.UUID(get_jwt_identity()))
+    session.commit()
+    return Response(status=204)
+
+
+def authenticate(session_checked_by_view: bool = False) -> None:
     """Who calls: from the platform's token (web/platform_auth.py) when the app trusts the platform and the
-    token is not one of ours, else from our own token (flask-jwt-extended). Raises 401 (or 403 role_mismatch)."""
-    platform = current_app.extensions.get("perfmenu_platform_tokens")
-    token = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+    token is not one of ours, else from our own token (flask-jwt-extended). Raises 401 (or 403 role_mismatch).
+
+    `session_checked_by_view`: the view selects models.auth_sessions.token_check_columns in its own statement
+    and calls `refuse_unusable_token` (intake does, to stay at one round trip) for the user and `g.token_session`.
+    A platform token is checked here either way (platform_user)."""
+    platform = _platform_tokens()
+    token = _bearer()
+    g.token_check_deferred, g.token_session = False, None
     if platform is not None and token and is_platform_token(token):
         claims = platform.claims(token)
         with runtime().session_scope() as session:  # its own unit of work: the view's session starts clean
             user = platform_user(session, claims)
             g.identity = (user.id, user.role)
         return
-    verify_jwt_in_request()
+    verify_jwt_in_request(skip_revocation_check=session_checked_by_view)
     g.identity = (uuid.UUID(get_jwt_identity()), get_jwt().get("role"))
+    if session_checked_by_view:
+        g.token_check_deferred, g.token_session = True, _session_id(get_jwt())
+
+
+def refuse_unusable_token(user_active: bool | None, session_open: bool) -> None:
+    """The view's half of `session_checked_by_view`: the same answers as the check authenticate() makes."""
+    reason = refusal_of(user_active, session_open) if g.token_check_deferred else None
+    if reason is not None:
+        raise ApiError(401, reason, TOKEN_REFUSAL_MESSAGE[reason])
+
+
+def _platform_tokens() -> PlatformTokens | None:
+    return current_app.extensions.get("perfmenu_platform_tokens")
+
+
+def _bearer() -> str:
+    return request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
 
 
 def current_user_id() -> uuid.UUID:
@@ -139,19 +217,21 @@ def current_role() -> str:
     return g.identity[1]
 
 
-def role_required(*roles: str):
-    """Require a valid access token, and one of `roles` if any are given (documented as 401 and 403)."""
+def role_required(*roles: str, session_checked_by_view: bool = False):
+    """Require a valid access token, and one of `roles` if any are given (documented as 401 and 403).
+    `session_checked_by_view`: see authenticate()."""
 
     def decorator(view):
         @wraps(view)
         def wrapper(*args, **kwargs):
-            authenticate()
+            authenticate(session_checked_by_view)
             if roles and current_role() not in roles:
                 raise ApiError(403, "forbidden", "Your role may not do this")
             return view(*args, **kwargs)
 
         wrapper = error(401, "unauthorized", "A bearer token is required",
-                        description="unauthorized, invalid_token, token_expired: no valid access token")(wrapper)
+                        description="unauthorized, invalid_token, token_expired, token_revoked, account_inactive: "
+                                    "no valid access token")(wrapper)
         if roles:
             wrapper = error(403, "forbidden", "Your role may not do this",
                             description=f"forbidden: only {', '.join(roles)} may do this")(wrapper)
@@ -177,9 +257,15 @@ def init_jwt(app, settings) -> None:
     def _expired(_header, _payload):
         return error_response(401, "token_expired", "The token has expired")
 
+    @jwt.token_in_blocklist_loader
+    def _refused(_header, payload) -> bool:
+        g.token_refusal = token_refusal(db(), uuid.UUID(payload["sub"]), _session_id(payload))
+        return g.token_refusal is not None
+
     @jwt.revoked_token_loader
     def _revoked(_header, _payload):
-        return error_response(401, "token_revoked", "The token has been revoked")
+        reason = g.get("token_refusal") or TOKEN_REVOKED
+        return error_response(401, reason, TOKEN_REFUSAL_MESSAGE[reason])
 
     @jwt.needs_fresh_token_loader
     def _stale(_header, _payload):

@@ -6,9 +6,9 @@ import os
 
 from gunicorn.glogging import Logger
 
-from models.settings import Settings
+from models.settings import settings_or_exit
 
-_settings = Settings.from_env()
+_settings = settings_or_exit()  # a bad setting: one clear line, before any worker starts
 bind = f"{_settings.web_bind}:{_settings.web_port}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 threads = int(os.environ.get("WEB_THREADS", "4"))

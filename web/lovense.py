@@ -1,21 +1,33 @@
 """Lovense pairing (model), Lovense's pairing callback (no JWT: verified by utoken) and failed activations (admin).
 
-The utoken we give Lovense with a QR request is an HMAC of the model id under LOVENSE_CALLBACK_SECRET; the
-callback is accepted only if it brings that utoken back for the uid it names. Neither the developer token nor a
-utoken is ever logged or returned in an error."""
+The utoken we give Lovense with a QR request names a pairing (a nonce stored until used) and its expiry, signed
+with the model id under LOVENSE_CALLBACK_SECRET (models/lovense.py). The first callback that brings it back for the
+uid it names, before it expires, links the model and uses the pairing up; Lovense's later callbacks for that same
+pairing may only refresh the toys of the link it made. A replayed callback cannot link again, after an unpairing or
+a newer pairing. Neither the developer token nor a utoken is ever logged or returned in an error."""
 from __future__ import annotations
 
+import secrets
 import uuid
+from datetime import timedelta
 
 from marshmallow import EXCLUDE, Schema, fields, validate
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 
 from models.audit import audit
-from models.lovense import ACTIVATION_STATUSES, LovenseActivation, LovenseLink, callback_utoken, utoken_valid
+from models.lovense import (
+    ACTIVATION_STATUSES,
+    PAIRING_MINUTES,
+    LovenseActivation,
+    LovenseLink,
+    LovensePairing,
+    pairing_utoken,
+    read_utoken,
+)
 from models.services.activations import reset_for_resend
 from models.services.lovense_api import LovenseError, client_for
 from models.types import utcnow
-from models.users import User
+from models.users import parse_uuid
 from worker.handoff import request_activation
 
 from .auth import current_user_id, role_required
@@ -103,8 +115,16 @@ def qr_code():
     if not config.lovense_enabled or not config.lovense_developer_token:
         raise ApiError(503, "lovense_disabled", "Lovense is switched off on this platform")
     model_id = current_user_id()
+    session = db()
+    now = utcnow()
+    pairing = LovensePairing(nonce=secrets.token_hex(16), model_id=model_id,
+                             expires_at=now + timedelta(minutes=PAIRING_MINUTES))
+    session.execute(delete(LovensePairing).where(LovensePairing.model_id == model_id,
+                                                 LovensePairing.expires_at < now))
+    session.add(pairing)
+    session.commit()
     # uid and uname are our model id: Lovense needs no personal data to pair.
-    utoken = callback_utoken(config.lovense_callback_secret, model_id)
+    utoken = pairing_utoken(config.lovense_callback_secret, model_id, pairing.nonce, pairing.expires_at)
     try:
         qr = client_for(config).qr_code(str(model_id), str(model_id), utoken)
     except LovenseError as exc:
@@ -117,25 +137,35 @@ def qr_code():
 @blp.arguments(CallbackIn, example={"uid": MODEL_ID, "utoken": "<the utoken we issued>",
                                     "toys": LINK_EXAMPLE["toys"]})
 @blp.response(200, CallbackOut, example={"result": True})
-@error(403, description="invalid_utoken: the callback is not for a pairing we started")
+@error(403, description="invalid_utoken: the callback is not for a pairing we started (or the pairing was used by "
+       "another callback); pairing_expired: the QR code's utoken has expired")
 def callback(body):
-    """Lovense's pairing callback (no JWT): links the model named by uid, if the utoken is the one we issued."""
+    """Lovense's pairing callback (no JWT): links the model named by uid, if the utoken is one we issued for that
+    model, not expired and not used by another callback (Lovense's later callbacks for the same pairing refresh the
+    toys)."""
     session = db()
-    try:
-        model_id = uuid.UUID(body["uid"])
-    except ValueError:
-        model_id = None
-    secret = settings().lovense_callback_secret
+    model_id = parse_uuid(body["uid"])
     # Verify before any lookup, so a forged call learns nothing about which ids exist.
-    if model_id is None or not utoken_valid(secret, model_id, body["utoken"]):
+    utoken = read_utoken(settings().lovense_callback_secret, model_id, body["utoken"]) if model_id else None
+    if utoken is None:
         raise ApiError(403, "invalid_utoken", "The callback could not be verified")
-    model = session.get(User, model_id)
-    if model is None or model.role != "model":
+    nonce, expires_at = utoken
+    pairing = session.get(LovensePairing, nonce, with_for_update=True)
+    link = session.get(LovenseLink, model_id)
+    if pairing is None or pairing.model_id != model_id:
         raise ApiError(403, "invalid_utoken", "The callback could not be verified")
-    link = session.get(LovenseLink, model_id) or LovenseLink(model_id=model_id)
-    link.uid, link.toys, link.linked_at = body["uid"], body["toys"], utcnow()
-    session.add(link)
-    audit(session, "lovense.linked", model_id)
+    if pairing.used_at is None:
+        if expires_at <= utcnow():
+            raise ApiError(403, "pairing_expired", "The QR code has expired; ask for a new one")
+        pairing.used_at = utcnow()
+        link = link or LovenseLink(model_id=model_id)
+        # Stored in one form (ours, the one we gave Lovense), whatever case or dashes the callback used.
+        link.uid, link.pairing_nonce, link.linked_at = str(model_id), nonce, utcnow()
+        session.add(link)
+        audit(session, "lovense.linked", model_id)
+    elif link is None or link.pairing_nonce != nonce:
+        raise ApiError(403, "invalid_utoken", "The callback could not be verified")
+    link.toys = body["toys"]
     session.commit()
     return {"result": True}
 

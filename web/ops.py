@@ -1,6 +1,7 @@
 """Operations: /healthz, /readyz, /metrics, and the per-request hooks (request id, metrics, access log)."""
 from __future__ import annotations
 
+import hmac
 import logging
 import re
 import time
@@ -15,6 +16,7 @@ from sqlalchemy import func, select, text
 from models.db import engine_for
 from models.infra import metrics
 from models.infra.logs import request_id_var
+from models.schema import at_head
 from models.purchases import OPEN_QUEUE_STATUSES, Purchase
 from models.types import utcnow
 
@@ -38,7 +40,7 @@ class HealthOut(Schema):
 class ReadyOut(Schema):
     status = fields.String(required=True, metadata={"example": "ready"})
     checks = fields.Dict(keys=fields.String(), values=fields.String(),
-                         metadata={"example": {"database": "ok", "redis": "ok", "broker": "ok"}})
+                         metadata={"example": {"database": "ok", "schema": "ok", "redis": "ok", "broker": "ok"}})
 
 
 @blp.route("/healthz", methods=["GET"])
@@ -51,11 +53,12 @@ def healthz():
 
 @blp.route("/readyz", methods=["GET"])
 @public
-@blp.response(200, ReadyOut, example={"status": "ready", "checks": {"database": "ok", "redis": "ok", "broker": "ok"}})
+@blp.response(200, ReadyOut, example={"status": "ready", "checks": {"database": "ok", "schema": "ok", "redis": "ok",
+                                                                  "broker": "ok"}})
 @error(503, "not_ready", "Not ready: redis", description="not_ready: the message names what is down; `checks` "
        "has each dependency's state")
 def readyz():
-    """The database, Redis and the Celery broker are reachable."""
+    """The database (with every migration applied), Redis and the Celery broker are reachable."""
     checks = readiness(settings())
     down = [name for name, state in checks.items() if state not in ("ok", "embedded")]
     if down:
@@ -72,7 +75,8 @@ def readyz():
 def prometheus_metrics():
     """Prometheus metrics. Open unless METRICS_TOKEN is set; then send `Authorization: Bearer <METRICS_TOKEN>`."""
     token = settings().metrics_token
-    if token and request.headers.get("Authorization") != f"Bearer {token}":
+    sent = request.headers.get("Authorization", "").encode()
+    if token and not hmac.compare_digest(sent, f"Bearer {token}".encode()):
         return error_response(401, "unauthorized", "A bearer token is required")
     body, content_type = metrics.exposition([QueueDepthCollector(runtime())])
     return Response(body, content_type=content_type)
@@ -80,6 +84,8 @@ def prometheus_metrics():
 
 def readiness(settings) -> dict[str, str]:
     checks = {"database": _check(lambda: _ping_database(settings.database_url))}
+    if checks["database"] == "ok":
+        checks["schema"] = "ok" if _schema_at_head(settings.database_url) else "not_migrated"
     checks["redis"] = "embedded" if settings.redis_url is None else _check(lambda: _ping_redis(settings.redis_url))
     broker = settings.broker_url
     if broker is None or broker.startswith("memory://"):
@@ -104,6 +110,11 @@ def _check(probe) -> str:
 def _ping_database(url: str) -> None:
     with engine_for(url).connect() as conn:
         conn.execute(text("SELECT 1"))
+
+
+def _schema_at_head(url: str) -> bool:
+    with engine_for(url).connect() as conn:
+        return at_head(conn)
 
 
 def _ping_redis(url: str) -> None:

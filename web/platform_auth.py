@@ -21,6 +21,7 @@ import requests
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
+from models.auth_sessions import ACCOUNT_INACTIVE
 from models.users import User, create_user, platform_username
 
 from .errors import ApiError, DependencyUnavailable
@@ -139,7 +140,7 @@ def platform_user(session, claims: PlatformClaims) -> User:
             session.rollback()
             user = session.scalar(select(User).where(User.external_id == claims.external_id))
     if not user.is_active:
-        raise ApiError(401, "unauthorized", "The account is not active")
+        raise ApiError(401, ACCOUNT_INACTIVE, "The account is not active")
     if user.role != claims.role:
         raise ApiError(403, "role_mismatch", "The token's role is not this account's role")
     return user

@@ -3,10 +3,11 @@
 No money moves here: the worker settles. The POST waits a short, configurable time for the verdict."""
 from __future__ import annotations
 
-from flask import request, url_for
+from flask import g, request, url_for
 from sqlalchemy import bindparam, func, literal, select
 from sqlalchemy.exc import IntegrityError
 
+from models.auth_sessions import token_check_columns
 from models.infra import metrics
 from models.ledger import Account
 from models.menus import Menu, MenuItem
@@ -18,7 +19,7 @@ from models.types import utcnow
 from models.users import parse_uuid
 from worker.handoff import request_settlement
 
-from .auth import current_role, current_user_id, role_required
+from .auth import current_role, current_user_id, refuse_unusable_token, role_required
 from .deps import db, redis, runtime, settings
 from .docs import error, rate_limited
 from .errors import ApiError
@@ -35,12 +36,14 @@ REFUSAL_STATUS = {
     "daily_limit_reached": 422,
     "queue_full": 409,
     "item_unavailable": 409,
+    "account_inactive": 403,
 }
 REFUSAL_MESSAGE = {
     "insufficient_balance": "Not enough tokens for this item",
     "daily_limit_reached": "You have reached today's limit for this item",
     "queue_full": "The model's queue is full",
     "item_unavailable": "This item is not available",
+    "account_inactive": "The account is not active",
 }
 
 
@@ -108,8 +111,8 @@ def _settled_response(session, purchase: Purchase):
 
 # Built once (the operator overloading of building it costs more than running it): the id of the fan's
 # purchase already made with this idempotency key (None if none or no key), the menu (None if missing), the
-# item (None unless on that menu), the fan's wallet balance and the open entries of the menu's model's queue,
-# in one round trip; the one-row FROM keeps the id and the balance when the menu is missing.
+# item (None unless on that menu), the fan's wallet balance, the open entries of the menu's model's queue and
+# whether the fan's token may be used (web/auth.py, session_checked_by_view), in one round trip; the one-row FROM keeps the id and the balance when the menu is missing.
 _INTAKE_QUERY = (
     select(
         select(Purchase.id)
@@ -121,6 +124,7 @@ _INTAKE_QUERY = (
         .where(Account.owner_id == bindparam("fan_id"), Account.kind == "wallet")
         .scalar_subquery(),
         open_queue_size_query(Menu.model_id).scalar_subquery(),
+        *token_check_columns(bindparam("fan_id"), bindparam("token_session")),
     )
     .select_from(select(literal(1).label("one")).subquery())
     .outerjoin(Menu, Menu.id == bindparam("menu_id"))
@@ -128,11 +132,13 @@ _INTAKE_QUERY = (
 )
 
 
-def load_for_intake(session, menu_id, item_id, fan_id, key):
-    """(existing purchase id, menu, item, wallet balance, open queue entries): see _INTAKE_QUERY. The menu and
-    the item stay in the session's identity map, so session.get answers them without a query."""
+def load_for_intake(session, menu_id, item_id, fan_id, key, token_session):
+    """(existing purchase id, menu, item, wallet balance, open queue entries, fan active, token's session open):
+    see _INTAKE_QUERY. The menu and the item stay in the session's identity map, so session.get answers them
+    without a query."""
     return session.execute(
-        _INTAKE_QUERY, {"fan_id": fan_id, "key": key, "menu_id": menu_id, "item_id": item_id}
+        _INTAKE_QUERY,
+        {"fan_id": fan_id, "key": key, "menu_id": menu_id, "item_id": item_id, "token_session": token_session},
     ).one()
 
 
@@ -143,7 +149,7 @@ def _replay(session, purchase: Purchase, menu_id, item_id):
 
 
 @blp.route("", methods=["POST"])
-@role_required("fan")
+@role_required("fan", session_checked_by_view=True)
 @limiter.limit(purchase_limit, key_func=fan_key)
 @blp.arguments(PurchaseRequest, example={"menu_id": "5d2f8a47-1c3b-4e6a-8f90-7b1c2d3e4f5a",
                                          "menu_item_id": "9a8b7c6d-5e4f-4a3b-2c1d-0e9f8a7b6c5d",
@@ -166,8 +172,6 @@ def create_purchase(body):
     config = settings()
     fan_id = current_user_id()
     key = request.headers.get("Idempotency-Key") or body.get("idempotency_key")
-    if key is not None and not 1 <= len(key) <= 128:
-        raise ApiError(422, "invalid_request", "The idempotency key must be 1 to 128 characters")
     session = db()
     # Intake only reads (prechecks the worker repeats under lock) and inserts one row: in autocommit that
     # costs no BEGIN and no COMMIT round trip, and the UNIQUE (fan, key) still settles an idempotency race.
@@ -175,7 +179,11 @@ def create_purchase(body):
 
     menu_id = parse_uuid(body["menu_id"])
     item_id = parse_uuid(body.get("menu_item_id") or body.get("item_id"))
-    existing_id, _menu, item, balance, queue_size = load_for_intake(session, menu_id, item_id, fan_id, key)
+    existing_id, _menu, item, balance, queue_size, fan_active, session_open = load_for_intake(
+        session, menu_id, item_id, fan_id, key, g.token_session)
+    refuse_unusable_token(fan_active, session_open)
+    if key is not None and not 1 <= len(key) <= 128:
+        raise ApiError(422, "invalid_request", "The idempotency key must be 1 to 128 characters")
     if existing_id is not None:
         return _replay(session, session.get(Purchase, existing_id), menu_id, item_id)
     menu = load_visible_menu(session, menu_id)
@@ -186,6 +194,7 @@ def create_purchase(body):
     day = purchase_day_of(now, config.tz)
     queued = menu.queue_mode == "ON"
     reason = refusal(
+        buyer_active=True,  # authenticate() refused an inactive account's token
         available=item.is_active and menu.is_active,
         price=item.token_value,
         balance=balance,

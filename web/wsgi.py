@@ -1,10 +1,12 @@
 """gunicorn entry point: `gunicorn -c python:web.gunicorn_conf web.wsgi:app`. The web process's one settings
 object is read from the environment here."""
-from models.infra.logs import configure_logging
-from models.settings import Settings
+from models.settings import settings_or_exit
 
-from . import create_app
+settings = settings_or_exit()  # first: a bad setting ends the process with a clear line
 
-settings = Settings.from_env()
+from models.infra.logs import configure_logging  # noqa: E402
+
+from . import create_app  # noqa: E402
+
 configure_logging(settings.log_level)
 app = create_app(settings)

@@ -1,10 +1,13 @@
 """Entry point of the worker, beat and flower processes (`celery -A worker.main ...`, see the Procfile): the
 process's one settings object, read from the environment here and nowhere else."""
-from models.runtime import Runtime
-from models.settings import Settings
+from models.settings import settings_or_exit
 
-from .celery_app import bind_runtime, celery
+settings = settings_or_exit()  # first: a bad setting ends the process with a clear line
 
-bind_runtime(Runtime(Settings.from_env()))
+from models.runtime import Runtime  # noqa: E402
+
+from .celery_app import bind_runtime, celery  # noqa: E402
+
+bind_runtime(Runtime(settings))
 
 __all__ = ["celery"]

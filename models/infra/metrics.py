@@ -13,6 +13,11 @@ import os
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
 
+from models.settings import ensure_metrics_dir, or_exit
+
+# Before the metrics below open their files there: no process can run without it.
+or_exit(ensure_metrics_dir, os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+
 HTTP_REQUESTS = Counter(
     "perfmenu_http_requests_total", "HTTP requests by endpoint, method and status", ["endpoint", "method", "status"]
 )

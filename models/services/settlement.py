@@ -22,6 +22,7 @@ from ..purchases import (
     refusal,
 )
 from ..types import utcnow
+from ..users import User
 
 
 def claim_pending(session, purchase_ids=None, limit: int = 100, older_than=None):
@@ -49,13 +50,16 @@ def settle_pending(session, settings, purchase_ids=None, limit: int = 100, older
         session.rollback()
         return []
     purchases = [purchase for purchase, _item, _menu in claimed]
-    accounts = lock_accounts(session, {p.fan_id for p in purchases} | {p.model_id for p in purchases})
+    users = {p.fan_id for p in purchases} | {p.model_id for p in purchases}
+    accounts = lock_accounts(session, users)
+    # Intake saw these accounts active; an admin may have deactivated one since (models/auth_sessions.py).
+    inactive = set(session.scalars(select(User.id).where(User.id.in_(users), User.is_active.is_(False))))
     now = utcnow()
     # Open queue entries per model, counted once per batch: the model's accounts are locked, so only this
     # batch adds entries until the commit, and it counts its own.
     queue_sizes: dict = {}
     for purchase, item, menu in claimed:
-        reason = _refusal(session, settings, purchase, item, menu, accounts, queue_sizes)
+        reason = _refusal(session, settings, purchase, item, menu, accounts, queue_sizes, inactive, now)
         if reason is not None:
             purchase.transition("failed", now, reason=reason)
         elif purchase.transaction_type == "immediate":
@@ -70,9 +74,10 @@ def settle_pending(session, settings, purchase_ids=None, limit: int = 100, older
     return purchases
 
 
-def _refusal(session, settings, purchase, item, menu, accounts, queue_sizes) -> str | None:
+def _refusal(session, settings, purchase, item, menu, accounts, queue_sizes, inactive, now) -> str | None:
     """The purchase rules under lock. The purchase itself is still pending, so the daily count takes settled
-    purchases only; a model's queue size is counted once per batch (`queue_sizes`)."""
+    purchases only; a model's queue size is counted once per batch (`queue_sizes`). The menu's visibility is
+    asked again: a subscription may have lapsed or a whitelist entry gone since intake."""
 
     def queue_size() -> int:
         if purchase.model_id not in queue_sizes:
@@ -80,7 +85,9 @@ def _refusal(session, settings, purchase, item, menu, accounts, queue_sizes) -> 
         return queue_sizes[purchase.model_id]
 
     return refusal(
-        available=item.is_active and menu.is_active,
+        buyer_active=purchase.fan_id not in inactive,
+        available=(item.is_active and menu.is_active and purchase.model_id not in inactive
+                   and menu.visible_to(session, purchase.fan_id, "fan", now)),
         price=purchase.token_value,
         balance=accounts[(purchase.fan_id, "wallet")].balance,
         daily_max=item.max_daily_purchases,

@@ -104,7 +104,7 @@ def never():
 
 def ask(**changes):
     """A purchase that passes every rule, with some inputs changed."""
-    args = dict(available=True, price=10, balance=10, daily_max=None, bought_today=never, queued=False,
+    args = dict(buyer_active=True, available=True, price=10, balance=10, daily_max=None, bought_today=never, queued=False,
                 queue_size=never, queue_capacity=50)
     args.update(changes)
     return refusal(**args)
@@ -151,6 +151,7 @@ def test_later_counts_are_not_asked_once_an_earlier_rule_refuses():
 def test_rules_are_checked_in_the_order_of_REFUSAL_REASONS():
     """With several rules failing, the first failing one in REFUSAL_REASONS order is the answer."""
     failing = {
+        "account_inactive": dict(buyer_active=False),
         "item_unavailable": dict(available=False),
         "insufficient_balance": dict(balance=0),
         "daily_limit_reached": dict(daily_max=1, bought_today=lambda: 1),
