@@ -5,9 +5,11 @@ amount leaves the debit account and arrives in the credit account, and both bala
 same transaction. The database refuses a negative balance (CHECK) except on the two issuing accounts, and
 refuses a second row of the same kind for one purchase (UNIQUE), so no step of a purchase can happen twice.
 
-Two currencies: tokens (token_issuer, wallet, earnings, escrow) and loyalty points (points_issuer, loyalty).
-Tokens are issued by one platform account, touched only by top-ups and admin adjustments; points are issued
-per model, so no single row is updated by every purchase.
+Two currencies: tokens (token_issuer, wallet, earnings, escrow, platform_revenue, payouts) and loyalty points
+(points_issuer, loyalty). Tokens are issued by one platform account, touched only by top-ups and admin
+adjustments; points are issued per model, so no single row is updated by every purchase. For the same reason the
+platform's commission (platform_revenue) and the payouts made to a model (payouts) are held in one account per
+model: the platform's revenue is the sum of every model's platform_revenue account (models/revenue.py).
 """
 from __future__ import annotations
 
@@ -33,9 +35,11 @@ from .db import Base
 from .types import UTCDateTime, str_enum, utcnow
 
 ISSUERS = ("token_issuer", "points_issuer")
-ACCOUNT_KINDS = ("token_issuer", "wallet", "earnings", "escrow", "points_issuer", "loyalty")
-TOKEN_KINDS = ("token_issuer", "wallet", "earnings", "escrow")
-ACCOUNTS_BY_ROLE = {"fan": ("wallet", "loyalty"), "model": ("earnings", "escrow", "points_issuer"), "admin": ()}
+ACCOUNT_KINDS = ("token_issuer", "wallet", "earnings", "escrow", "points_issuer", "loyalty", "platform_revenue",
+                 "payouts")
+TOKEN_KINDS = ("token_issuer", "wallet", "earnings", "escrow", "platform_revenue", "payouts")
+ACCOUNTS_BY_ROLE = {"fan": ("wallet", "loyalty"),
+                    "model": ("earnings", "escrow", "points_issuer", "platform_revenue", "payouts"), "admin": ()}
 ENTRY_KINDS = (
     "top_up",
     "purchase",
@@ -44,6 +48,8 @@ ENTRY_KINDS = (
     "escrow_refund",
     "loyalty_award",
     "adjustment",
+    "platform_fee",
+    "payout",
 )
 _BigId = BigInteger().with_variant(Integer, "sqlite")  # SQLite autoincrements only INTEGER PRIMARY KEY
 

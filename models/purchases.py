@@ -65,6 +65,7 @@ class Purchase(Base):
         Index("ix_purchases_daily", "fan_id", "item_id", "purchase_day"),
         Index("ix_purchases_fan_created", "fan_id", "created_at"),
         Index("ix_purchases_model_status", "model_id", "status"),
+        Index("ix_purchases_model_completed", "model_id", "completed_at"),  # a model's sales in a period
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
@@ -96,6 +97,9 @@ class Purchase(Base):
     failed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     refunded_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     escrow_deadline: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The platform's commission: the rate when settlement accepted the sale, the fee when it completed.
+    fee_bps: Mapped[int | None] = mapped_column(Integer)
+    platform_fee: Mapped[int | None] = mapped_column(Integer)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
     def transition(self, wanted: str, now: datetime | None = None, reason: str | None = None) -> None:

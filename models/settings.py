@@ -16,6 +16,7 @@ EMBEDDED_DATABASE_URL = "sqlite:///instance/perfmenu.db"
 EMBEDDED_SECRET = "embedded-mode-only-this-is-not-a-secret"
 MIN_SECRET_BYTES = 32  # HS256 keys shorter than the hash's 32 bytes are guessable
 MAX_SETTLE_LINGER_SECONDS = 2.0
+MAX_FEE_BPS = 9999  # the platform's commission stays below 100 %: a sale always pays the model a token
 
 
 class ConfigError(RuntimeError):
@@ -35,6 +36,13 @@ def or_exit(read, *args):
 def settings_or_exit(env=None) -> "Settings":
     """Settings.from_env at a process's entry point (web/wsgi.py, worker/main.py, the CLI, gunicorn's config)."""
     return or_exit(Settings.from_env, env)
+
+
+def _fee_bps(env) -> int:
+    raw = env.get("PLATFORM_FEE_BPS") or "0"
+    if not raw.isdigit() or int(raw) > MAX_FEE_BPS:
+        raise ConfigError("PLATFORM_FEE_BPS must be a whole number of basis points from 0 to 9999 (100 = 1 %)")
+    return int(raw)
 
 
 def ensure_metrics_dir(path: str | None) -> None:
@@ -133,6 +141,8 @@ class Settings:
     settle_batch_size: int = 100
     settle_linger_seconds: float = 0.5  # how long an idle settle task waits for the next purchase
     queue_capacity: int = 50
+    # The platform's commission in basis points (100 = 1 %) on every sale of a model with no rate of its own.
+    platform_fee_bps: int = 0
     history_max_limit: int = 100
     broker_visibility_timeout: int = 300
     pending_sweep_after_seconds: int = 30
@@ -240,6 +250,7 @@ class Settings:
             settle_linger_seconds=min(MAX_SETTLE_LINGER_SECONDS,
                                       _number(env, "SETTLE_LINGER_SECONDS", d["settle_linger_seconds"], float)),
             queue_capacity=_number(env, "QUEUE_CAPACITY", d["queue_capacity"]),
+            platform_fee_bps=_fee_bps(env),
             history_max_limit=_number(env, "HISTORY_MAX_LIMIT", d["history_max_limit"]),
             broker_visibility_timeout=_number(env, "BROKER_VISIBILITY_TIMEOUT", d["broker_visibility_timeout"]),
             pending_sweep_after_seconds=_number(env, "PENDING_SWEEP_AFTER_SECONDS", d["pending_sweep_after_seconds"]),

@@ -99,6 +99,13 @@ ROUTES: dict[tuple[str, str], Route | None] = {
     ("GET", "/lovense/link"): Route(roles=MODEL),
     ("DELETE", "/lovense/link"): Route(roles=MODEL),
     ("GET", "/lovense/activations"): Route(roles=ADMIN),
+    ("GET", "/earnings"): Route(roles=MODEL),
+    ("GET", "/admin/models/<model_ref>/earnings"): Route(roles=ADMIN),
+    ("GET", "/admin/models/<model_ref>/commission"): Route(roles=ADMIN),
+    ("PUT", "/admin/models/<model_ref>/commission"): Route(roles=ADMIN, body={"bps": 100}),
+    ("POST", "/admin/models/<model_ref>/payouts"): Route(roles=ADMIN),
+    ("GET", "/admin/revenue"): Route(roles=ADMIN),
+    ("GET", "/admin/payables"): Route(roles=ADMIN),
     ("POST", "/lovense/activations/<uuid:purchase_id>/resend"): Route(roles=ADMIN),
 }
 
@@ -162,6 +169,7 @@ class World:
             "fan_ref": self.owner_fan.id,
             "user_id": self.owner_fan.id,
             "user_ref": self.owner_fan.id,
+            "model_ref": self.owner_model.id,
             "purchase_id": self.purchase_id,
         }
 

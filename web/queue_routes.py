@@ -15,7 +15,7 @@ from models.users import User
 from worker.handoff import after_queue_change
 
 from .auth import current_user_id, role_required
-from .deps import db, runtime
+from .deps import db, runtime, settings
 from .docs import error
 from .errors import ApiError
 from .json_body import Blueprint
@@ -147,7 +147,7 @@ def start_entry(purchase_id):
        description=_CONFLICTS)
 def complete_entry(purchase_id):
     """Complete the entry in progress: the escrow goes to the model's earnings, loyalty points to the fan."""
-    return _act(purchase_id, "model_id", lambda s, p, actor: escrow.release(s, p, actor_id=actor))
+    return _act(purchase_id, "model_id", lambda s, p, actor: escrow.release(s, p, settings().tz, actor_id=actor))
 
 
 @blp.route("/<uuid:purchase_id>/reject", methods=["POST"])
@@ -159,7 +159,8 @@ def complete_entry(purchase_id):
        description=_CONFLICTS)
 def reject_entry(body, purchase_id):
     """Reject a queued or in-progress entry: the escrow goes back to the fan; `reason` becomes refund_reason."""
-    return _act(purchase_id, "model_id", lambda s, p, actor: escrow.refund(s, p, body["reason"], actor_id=actor))
+    return _act(purchase_id, "model_id",
+                lambda s, p, actor: escrow.refund(s, p, body["reason"], settings().tz, actor_id=actor))
 
 
 def _cancel(session, purchase, actor_id):
@@ -167,7 +168,7 @@ def _cancel(session, purchase, actor_id):
         raise ApiError(409, "already_started", "The model has started this entry; it can no longer be cancelled")
     if purchase.status != "queued":
         raise InvalidTransition(purchase.status, "refunded")
-    escrow.refund(session, purchase, "cancelled_by_fan", actor_id=actor_id)
+    escrow.refund(session, purchase, "cancelled_by_fan", settings().tz, actor_id=actor_id)
 
 
 @blp.route("/<uuid:purchase_id>/cancel", methods=["POST"])

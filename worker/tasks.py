@@ -132,7 +132,7 @@ def sweep_deadlines(now=None) -> int:
                 # Every account of the batch locked at once, in id order (as settlement does): no deadlock.
                 lock_accounts(session, {p.fan_id for p in due} | {p.model_id for p in due})
                 for p in due:
-                    escrow.refund(session, p, "deadline_passed", now=now)
+                    escrow.refund(session, p, "deadline_passed", rt.settings.tz, now=now)
             session.commit()
         after_queue_change(rt, due)
         total += len(due)

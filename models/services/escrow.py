@@ -12,6 +12,7 @@ from sqlalchemy import select
 from ..audit import audit
 from ..ledger import lock_accounts, post
 from ..purchases import InvalidTransition, Purchase
+from ..revenue import pay_model, record_refund
 from ..types import utcnow
 
 from .settlement import award_points
@@ -40,24 +41,27 @@ def start(session, purchase: Purchase, actor_id=None, now=None) -> None:
     audit(session, "purchase.in_progress", purchase.id, actor_id)
 
 
-def release(session, purchase: Purchase, actor_id=None, now=None) -> None:
-    """in_progress -> completed: escrow to the model's earnings, loyalty points to the fan."""
+def release(session, purchase: Purchase, tz, actor_id=None, now=None) -> None:
+    """in_progress -> completed: escrow to the model's earnings (less the platform's fee), loyalty points to the
+    fan. `tz`: the settings' time zone, for the earnings rollup's day."""
     if purchase.status != "in_progress":
         raise InvalidTransition(purchase.status, "completed")
+    now = now or utcnow()
     accounts = lock_accounts(session, [purchase.fan_id, purchase.model_id])
-    post(session, "escrow_release", accounts[(purchase.model_id, "escrow")],
-         accounts[(purchase.model_id, "earnings")], purchase.token_value, purchase_id=purchase.id, actor_id=actor_id)
+    pay_model(session, "escrow_release", accounts[(purchase.model_id, "escrow")], purchase, accounts, now, tz)
     award_points(session, purchase, accounts)
-    purchase.transition("completed", now or utcnow())
+    purchase.transition("completed", now)
     audit(session, "purchase.completed", purchase.id, actor_id)
 
 
-def refund(session, purchase: Purchase, reason: str, actor_id=None, now=None) -> None:
-    """queued | in_progress -> refunded: the escrow goes back to the fan's wallet."""
+def refund(session, purchase: Purchase, reason: str, tz, actor_id=None, now=None) -> None:
+    """queued | in_progress -> refunded: the whole escrow goes back to the fan's wallet (no fee is taken)."""
     if purchase.status not in ("queued", "in_progress"):
         raise InvalidTransition(purchase.status, "refunded")
+    now = now or utcnow()
     accounts = lock_accounts(session, [purchase.fan_id, purchase.model_id])
     post(session, "escrow_refund", accounts[(purchase.model_id, "escrow")],
          accounts[(purchase.fan_id, "wallet")], purchase.token_value, purchase_id=purchase.id, actor_id=actor_id)
-    purchase.transition("refunded", now or utcnow(), reason=reason)
+    record_refund(session, purchase, now, tz)
+    purchase.transition("refunded", now, reason=reason)
     audit(session, "purchase.refunded", purchase.id, actor_id, reason=reason)

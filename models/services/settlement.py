@@ -13,6 +13,7 @@ from sqlalchemy import func, select
 from ..audit import audit
 from ..ledger import lock_accounts, post
 from ..menus import Menu, MenuItem
+from ..revenue import fee_rates, pay_model
 from ..purchases import (
     OPEN_QUEUE_STATUSES,
     SETTLED_COUNTS_TOWARD_DAILY_LIMIT,
@@ -54,6 +55,7 @@ def settle_pending(session, settings, purchase_ids=None, limit: int = 100, older
     accounts = lock_accounts(session, users)
     # Intake saw these accounts active; an admin may have deactivated one since (models/auth_sessions.py).
     inactive = set(session.scalars(select(User.id).where(User.id.in_(users), User.is_active.is_(False))))
+    rates = fee_rates(session, {p.model_id for p in purchases}, settings.platform_fee_bps)
     now = utcnow()
     # Open queue entries per model, counted once per batch: the model's accounts are locked, so only this
     # batch adds entries until the commit, and it counts its own.
@@ -63,8 +65,10 @@ def settle_pending(session, settings, purchase_ids=None, limit: int = 100, older
         if reason is not None:
             purchase.transition("failed", now, reason=reason)
         elif purchase.transaction_type == "immediate":
-            _transfer(session, purchase, accounts, now)
+            purchase.fee_bps = rates[purchase.model_id]
+            _transfer(session, purchase, accounts, now, settings.tz)
         else:
+            purchase.fee_bps = rates[purchase.model_id]
             _hold_in_escrow(session, purchase, accounts, now)
             queue_sizes[purchase.model_id] += 1
         audit(session, f"purchase.{purchase.status}", purchase.id, reason=reason)
@@ -120,16 +124,9 @@ def award_points(session, purchase, accounts) -> None:
         )
 
 
-def _transfer(session, purchase, accounts, now) -> None:
-    """Queue OFF: the fan pays the model at once and earns the item's points."""
-    post(
-        session,
-        "purchase",
-        accounts[(purchase.fan_id, "wallet")],
-        accounts[(purchase.model_id, "earnings")],
-        purchase.token_value,
-        purchase_id=purchase.id,
-    )
+def _transfer(session, purchase, accounts, now, tz) -> None:
+    """Queue OFF: the fan pays the model (and the platform its fee) at once and earns the item's points."""
+    pay_model(session, "purchase", accounts[(purchase.fan_id, "wallet")], purchase, accounts, now, tz)
     award_points(session, purchase, accounts)
     purchase.transition("completed", now)
 
