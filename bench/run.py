@@ -29,6 +29,7 @@ CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "32"))
 RATE = float(os.environ.get("BENCH_RATE", "100"))
 FANS = 200
 QUEUE_ENTRIES = 10_000
+STATEMENT_SALES = int(os.environ.get("BENCH_STATEMENT_SALES", "1000000"))
 NOOP_TASKS = 2000
 WORKER_CONCURRENCY = int(os.environ.get("WORKER_CONCURRENCY", "2"))
 
@@ -170,8 +171,6 @@ def recreate_database():
 
 def seed() -> dict:
     """Two models (one Queue OFF menu, one Queue ON menu), FANS fans with plenty of tokens, their JWTs."""
-    from flask_jwt_extended import create_access_token
-
     from models.ledger import create_accounts, top_up
     from models.menus import Menu, MenuItem
     from models.users import User
@@ -205,8 +204,10 @@ def seed() -> dict:
         menus[mode] = {"menu_id": str(menu.id), "item_id": str(item.id), "model_id": str(model.id)}
     s.commit()
     app = create_app(RUNTIME.settings)
+    from web.auth import sign_in
+
     with app.app_context():
-        tokens = [create_access_token(identity=str(u.id), additional_claims={"role": "fan"}) for u in users["fan"]]
+        tokens = [sign_in(s, u)["access_token"] for u in users["fan"]]
     s.close()
     return {"menus": menus, "tokens": tokens}
 
@@ -339,6 +340,83 @@ def queue_lookup(lookups: int = 2000) -> tuple[dict, str]:
     }, ""
 
 
+# ---------------------------------------------------------------- statements
+
+def statement_timing(requests: int = 30) -> dict:
+    """A model with STATEMENT_SALES completed sales spread over the past year (10 items on 2 menus, 20 % fee),
+    written by SQL with the rollup rows settlement would have kept; then the model's statement for the whole year,
+    asked through the app in this process (`GET /admin/models/<id>/earnings`, first page of sales), and the same
+    app's /healthz beside it."""
+    from datetime import timedelta
+
+    from models.ledger import create_accounts
+    from models.menus import Menu, MenuItem
+    from models.types import utcnow
+    from models.users import User
+    from web import create_app
+    from web.auth import sign_in
+
+    s = RUNTIME.new_session()
+    model, fan, admin = (User(username=f"statement-{r}", role=r, password_hash="!") for r in ("model", "fan", "admin"))
+    s.add_all([model, fan, admin])
+    s.flush()
+    for u in (model, fan):
+        create_accounts(s, u)
+    items = []
+    for m in range(2):
+        menu = Menu(model_id=model.id, name=f"Menu {m}")
+        s.add(menu)
+        s.flush()
+        for i in range(5):
+            item = MenuItem(menu_id=menu.id, name=f"Item {m}.{i}", token_value=10 * (i + 1))
+            s.add(item)
+            items.append(item)
+    s.commit()
+    values = ", ".join(f"({n}, '{it.id}'::uuid, '{it.menu_id}'::uuid, {it.token_value})" for n, it in enumerate(items))
+    t0 = time.perf_counter()
+    with RUNTIME.engine.begin() as conn:
+        conn.execute(text(f"""
+            WITH item(n, id, menu_id, price) AS (VALUES {values})
+            INSERT INTO purchases (id, fan_id, model_id, menu_id, item_id, item_name, token_value, loyalty_points,
+                                   estimated_duration_minutes, transaction_type, queue_priority, status, purchase_day,
+                                   created_at, settled_at, completed_at, updated_at, fee_bps, platform_fee)
+            SELECT gen_random_uuid(), :fan, :model, item.menu_id, item.id, 'Item', item.price, 0, 0, 'immediate', 0,
+                   'completed', CAST(t AS date), t, t, t, t, 2000, item.price * 2000 / 10000
+            FROM generate_series(1, :n) AS g
+            JOIN item ON item.n = g % 10
+            CROSS JOIN LATERAL (SELECT now() - (g * interval '365 days') / :n AS t) AS at"""),
+            {"fan": fan.id, "model": model.id, "n": STATEMENT_SALES})
+        conn.execute(text("""
+            INSERT INTO earnings_days (model_id, day, item_id, menu_id, sales, gross, fee, refunds, refunded)
+            SELECT model_id, CAST(completed_at AS date), item_id, menu_id, count(*), sum(token_value),
+                   sum(platform_fee), 0, 0
+            FROM purchases WHERE model_id = :model GROUP BY 1, 2, 3, 4"""), {"model": model.id})
+        conn.execute(text("ANALYZE purchases; ANALYZE earnings_days"))
+    log(f"statement data: {STATEMENT_SALES} sales in {time.perf_counter() - t0:.0f} s")
+    app = create_app(RUNTIME.settings)
+    with app.app_context():
+        headers = {"Authorization": f"Bearer {sign_in(s, admin)['access_token']}"}
+    s.close()
+    client = app.test_client()
+    today = utcnow().date()
+    url = f"/admin/models/{model.id}/earnings?from={today - timedelta(days=365)}&to={today}"
+
+    def timed(path) -> float:
+        times = []
+        for _ in range(requests):
+            t = time.perf_counter()
+            r = client.get(path, headers=headers)
+            times.append((time.perf_counter() - t) * 1000)
+            assert r.status_code == 200, r.get_data(as_text=True)[:300]
+        return sorted(times)[len(times) // 2]
+
+    timed(url)  # warm: statement caches, the pool
+    body = client.get(url, headers=headers).get_json()
+    assert body["totals"]["sales"] == STATEMENT_SALES, body["totals"]
+    return {"statement_ms": round(timed(url), 1), "healthz_ms": round(timed("/healthz"), 2),
+            "statement_sales": STATEMENT_SALES}
+
+
 # ---------------------------------------------------------------- main
 
 def main():
@@ -436,6 +514,8 @@ def main():
             web.stop()
         worker.stop()
 
+    results.update(statement_timing())
+    log(f"statement over a year of {results['statement_sales']} sales: {results['statement_ms']} ms")
     lookup, notes["queue_lookup_ms"] = queue_lookup()
     results.update({"queue_lookup_ms": None, "queue_lookup_p99_ms": None, "queue_lookups_per_s": None, **lookup})
     log(f"queue lookups: {lookup or notes['queue_lookup_ms']}")
@@ -467,6 +547,8 @@ def report(res):
         (f"e2e p50 at {RATE:g}/s (ms)", res["e2e_p50_ms"], "", None, "<= 15"),
         (f"e2e p95 at {RATE:g}/s (ms)", res["e2e_p95_ms"], "", None, ""),
         (f"e2e p99 at {RATE:g}/s (ms)", res["e2e_p99_ms"], "", None, "<= 60"),
+        (f"earnings statement, a year of {res['statement_sales']:,} sales, p50 (ms)", res["statement_ms"],
+         "GET /healthz, same app (ms)", res["healthz_ms"], "< 200 ms"),
         ("queue position+wait lookup, 10k entries, mean (ms)", res["queue_lookup_ms"], "", None, "< 2"),
         ("queue position+wait lookup, 10k entries, p99 (ms)", res["queue_lookup_p99_ms"], "", None, ""),
         ("queue position+wait lookups, one client (/s)", res["queue_lookups_per_s"], "", None, ""),
