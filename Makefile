@@ -61,8 +61,9 @@ bench: install
 	$(BIN)/python -m bench.run
 
 # The long proofs (pytest marker `slow`): the bank test at 10,000 purchases under >= 24 worker kills, 3 Redis
-# restarts, 10 database backend kills and Lovense failures, then the long fuzz run. Ends with the line
-# `purchases: N faults: F anomalies: A`. Sizes: BANK_PURCHASES, BANK_WORKER_KILLS, ... (tests/test_bank.py).
+# restarts, 3 Redis pauses (~10 s), 10 database backend kills, 4 PostgreSQL restarts (2 fast, 2 stopped ~10 s)
+# and Lovense failures, on a PostgreSQL cluster and a redis-server of its own; then the long fuzz run. Ends with
+# the line `purchases: N faults: F anomalies: A`. Sizes: BANK_PURCHASES, BANK_PG_STOPS, ... (tests/test_bank.py).
 proof: install
 	$(BIN)/python -m pytest -s -m slow tests/test_fuzz.py tests/test_bank.py $(PYTEST_ARGS)
 

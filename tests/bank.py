@@ -1,10 +1,13 @@
 """The bank test's driver (in the spirit of Jepsen's bank test).
 
-Starts a real gunicorn and real Celery worker processes against PostgreSQL and a Redis server of its own (so
-restarting it disturbs nobody), drives purchases on Queue OFF and Queue ON menus from several client threads
-with random idempotency-key reuse, while a fault injector SIGKILLs Celery processes in the middle of work
-(and restarts them), restarts Redis and terminates the database's backends. Afterwards, and after a quiet
-period in which beat's jobs are called, it checks the books and every purchase. `run(...)` returns a Report;
+Starts a real gunicorn and real Celery worker processes against a PostgreSQL cluster and a Redis server of
+its own (the cluster made with initdb in a temp dir, both on free ports, so restarting, stopping or pausing
+them disturbs nobody: the shared PostgreSQL and Redis are never touched), drives purchases on Queue OFF and
+Queue ON menus from several client threads with random idempotency-key reuse, while a fault injector SIGKILLs
+Celery processes in the middle of work (and restarts them), restarts Redis, pauses it (SIGSTOP for ~10 s: a
+partition, the server neither answers nor refuses), terminates the database's backends, restarts PostgreSQL
+(fast, or stopped for ~10 s) and makes the fake Lovense fail or hang. Afterwards, and after a quiet period in
+which beat's jobs are called, it checks the books and every purchase. `run(...)` returns a Report;
 tests/test_bank.py asserts that it has no anomaly.
 
 The driver only talks HTTP to the service and reads the database (plus calling beat's pending sweep)."""
@@ -24,15 +27,18 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import requests
-from conftest import new_session, subprocess_env
+from conftest import subprocess_env
 from fake_lovense import FakeLovense, hang, http_status
-from processes import ROOT, ProcessGroup, children_of, free_port, wait_http, wait_port
+from processes import ROOT, PostgresCluster, ProcessGroup, children_of, free_port, wait_http, wait_port
 from sqlalchemy import func, select, text
+from sqlalchemy.orm import sessionmaker
 
+from models.db import make_engine
 from models.ledger import Account, LedgerEntry, books_differences, top_up
 from models.lovense import LovenseActivation, LovenseLink
 from models.menus import Menu, MenuItem
 from models.purchases import Purchase
+from models.schema import upgrade_head
 from models.users import create_user
 
 PASSWORD = "bank-pw"
@@ -61,11 +67,16 @@ class Config:
     clients: int = 6
     worker_kills: int = 4
     redis_restarts: int = 1
+    redis_pauses: int = 1  # SIGSTOP for redis_pause_seconds, then SIGCONT
     db_kills: int = 2
+    pg_restarts: int = 1  # PostgreSQL restarted fast
+    pg_stops: int = 1  # PostgreSQL stopped for pg_stop_seconds, then started
     lovense_faults: int = 2
     queue_actions: float = 0.4  # chance a purchase is followed by a start, complete, reject or cancel
     key_reuse: float = 0.15  # chance a purchase replays an earlier key of the same fan (same or other item)
     quiet_seconds: float = 60
+    redis_pause_seconds: float = 10
+    pg_stop_seconds: float = 10
     web_workers: int = 2
     celery_workers: int = 2
     seed: int = 7
@@ -92,17 +103,21 @@ class Report:
 
 
 class Cluster:
-    """gunicorn + Celery workers + a private redis-server, on the given database."""
+    """gunicorn + Celery workers on a private PostgreSQL cluster and a private redis-server. The driver reads
+    the database through its own engine (`new_session`)."""
 
-    def __init__(self, database_url: str, cfg: Config):
+    def __init__(self, cfg: Config):
         self.cfg = cfg
         self.lovense = FakeLovense()
         self.log_dir = tempfile.mkdtemp(prefix="perfmenu-bank-")
+        self.postgres = PostgresCluster(log_path=os.path.join(self.log_dir, "postgres.log"))
+        self.database_url = self.postgres.url("perfmenu_bank")
+        self.engine = self._sessions = None  # once the database exists (start)
         self.redis_port, self.web_port = free_port(), free_port()
         self.redis = self._process("redis", [shutil.which("redis-server"), "--port", str(self.redis_port), "--bind",
                                              "127.0.0.1", "--save", "", "--appendonly", "no"], dict(os.environ))
         env = subprocess_env(
-            DATABASE_URL=database_url,
+            DATABASE_URL=self.database_url,
             REDIS_URL=f"redis://127.0.0.1:{self.redis_port}/0",
             CELERY_BROKER_URL=f"redis://127.0.0.1:{self.redis_port}/1",
             LOVENSE_API_URL=self.lovense.url,
@@ -134,7 +149,12 @@ class Cluster:
                                             "--without-gossip", "--without-mingle"], self.env)
 
     def start(self):
-        self.lovense.start()
+        self.lovense.start()  # first: stop() waits for its thread
+        self.postgres.start()
+        self.postgres.create_database("perfmenu_bank")
+        upgrade_head(self.database_url)
+        self.engine = make_engine(self.database_url)
+        self._sessions = sessionmaker(bind=self.engine, expire_on_commit=False)
         self.redis.start()
         wait_port(self.redis_port)
         self.web.start()
@@ -146,10 +166,21 @@ class Cluster:
             raise RuntimeError(f"web did not come up ({exc}); logs in {self.log_dir}") from None
         return self
 
+    def new_session(self):
+        return self._sessions()
+
     def stop(self):
-        for p in [self.web, *self.workers, self.redis]:
-            p.stop()
-        self.lovense.stop()
+        """Stop everything; the PostgreSQL cluster's dir goes too (its log is kept in the log dir)."""
+        try:
+            if self.redis.alive():
+                os.killpg(self.redis.pid, signal.SIGCONT)  # a paused server could not shut down
+            for p in [self.web, *self.workers, self.redis]:
+                p.stop()
+            self.lovense.stop()
+            if self.engine is not None:
+                self.engine.dispose()
+        finally:
+            self.postgres.destroy()
 
     # --- faults -------------------------------------------------------------------------------------------
     def kill_worker(self, rng) -> str:
@@ -172,6 +203,28 @@ class Cluster:
         wait_port(self.redis_port)
         return "redis_restart"
 
+    def pause_redis(self) -> str:
+        """A partition: connections stay open, nothing answers (unlike a restart, which refuses them)."""
+        os.killpg(self.redis.pid, signal.SIGSTOP)
+        try:
+            time.sleep(self.cfg.redis_pause_seconds)
+        finally:
+            os.killpg(self.redis.pid, signal.SIGCONT)
+        return "redis_pause"
+
+    def restart_postgres(self) -> str:
+        self.postgres.restart()
+        return "pg_restart"
+
+    def stop_postgres(self) -> str:
+        """PostgreSQL down for a while: every connection refused, then a server that lost every session."""
+        self.postgres.stop()
+        try:
+            time.sleep(self.cfg.pg_stop_seconds)
+        finally:
+            self.postgres.start()
+        return "pg_stop"
+
     def break_lovense(self, rng) -> str:
         path = "/api/lan/v2/command"
         if rng.random() < 0.5:
@@ -180,8 +233,8 @@ class Cluster:
         self.lovense.script(path, *[hang(3)] * 4)
         return "lovense_hang"
 
-    def kill_db_backends(self, engine) -> str:
-        with engine.connect() as conn:
+    def kill_db_backends(self) -> str:
+        with self.engine.connect() as conn:
             conn.execute(text(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() "
                 "AND pid <> pg_backend_pid() AND backend_type = 'client backend'"))
@@ -197,8 +250,8 @@ class Shop:
     issued: int
 
 
-def build_shop(cfg: Config, rng: random.Random) -> Shop:
-    s = new_session()
+def build_shop(cluster: Cluster, cfg: Config, rng: random.Random) -> Shop:
+    s = cluster.new_session()
     try:
         fans, models, items, issued = [], [], [], 0
         for i in range(cfg.models):
@@ -397,11 +450,12 @@ class Recorder:
 class FaultInjector(threading.Thread):
     """Spreads the planned faults evenly over the run (by purchases sent)."""
 
-    def __init__(self, cluster: Cluster, engine, cfg: Config, progress, rng):
+    def __init__(self, cluster: Cluster, cfg: Config, progress, rng):
         super().__init__(daemon=True)
-        self.cluster, self.engine, self.cfg, self.progress, self.rng = cluster, engine, cfg, progress, rng
+        self.cluster, self.cfg, self.progress, self.rng = cluster, cfg, progress, rng
         plan = (["worker"] * cfg.worker_kills + ["redis"] * cfg.redis_restarts + ["db"] * cfg.db_kills
-                + ["lovense"] * cfg.lovense_faults)
+                + ["lovense"] * cfg.lovense_faults + ["redis_pause"] * cfg.redis_pauses
+                + ["pg_restart"] * cfg.pg_restarts + ["pg_stop"] * cfg.pg_stops)
         rng.shuffle(plan)
         self.plan = [(int(cfg.purchases * (i + 1) / (len(plan) + 1)), f) for i, f in enumerate(plan)]
         self.done = Counter()
@@ -421,17 +475,22 @@ class FaultInjector(threading.Thread):
                     self.done[self.cluster.break_lovense(self.rng)] += 1
                 elif fault == "redis":
                     self.done[self.cluster.restart_redis()] += 1
+                elif fault == "redis_pause":
+                    self.done[self.cluster.pause_redis()] += 1
+                elif fault == "pg_restart":
+                    self.done[self.cluster.restart_postgres()] += 1
+                elif fault == "pg_stop":
+                    self.done[self.cluster.stop_postgres()] += 1
                 else:
-                    self.done[self.cluster.kill_db_backends(self.engine)] += 1
+                    self.done[self.cluster.kill_db_backends()] += 1
             except Exception as exc:  # noqa: BLE001 - a failed injection is reported, not fatal
                 self.errors.append(f"{fault}: {exc!r}")
 
 
-def run(database_engine, cfg: Config, log=print) -> Report:
-    """Build the shop, start the cluster, drive the load under faults, quiesce, check."""
+def run(cfg: Config, log=print) -> Report:
+    """Start the cluster, build the shop, drive the load under faults, quiesce, check."""
     rng = random.Random(cfg.seed)
-    shop = build_shop(cfg, rng)
-    cluster = Cluster(database_engine.url.render_as_string(hide_password=False), cfg).start()
+    cluster = Cluster(cfg)
     report = Report()
     recorder = Recorder()
     started = time.monotonic()
@@ -456,9 +515,11 @@ def run(database_engine, cfg: Config, log=print) -> Report:
                 client.queue_action(recorder)
             report.purchases = sent[0]
 
-    injector = FaultInjector(cluster, database_engine, cfg, lambda: sent[0], rng)
     threads = [threading.Thread(target=client_loop, args=(i,), daemon=True) for i in range(cfg.clients)]
     try:
+        cluster.start()
+        shop = build_shop(cluster, cfg, rng)
+        injector = FaultInjector(cluster, cfg, lambda: sent[0], rng)
         injector.start()
         for t in threads:
             t.start()
@@ -472,7 +533,7 @@ def run(database_engine, cfg: Config, log=print) -> Report:
             log(f"fault injection error: {err}")
         log(f"load done in {time.monotonic() - started:.0f} s; quiet period")
         _quiesce(cluster, cfg, log)
-        _check(report, shop, recorder)
+        _check(cluster, report, shop, recorder)
         report.anomalies.extend(queue_differences(cluster))
     finally:
         cluster.stop()
@@ -484,9 +545,9 @@ def run(database_engine, cfg: Config, log=print) -> Report:
     return report
 
 
-def _pending_count() -> int:
+def _pending_count(cluster: Cluster) -> int:
     """Purchases not settled yet plus toy activations not finished yet."""
-    s = new_session()
+    s = cluster.new_session()
     try:
         return (s.scalar(select(func.count()).select_from(Purchase).where(Purchase.status == "pending"))
                 + s.scalar(select(func.count()).select_from(LovenseActivation)
@@ -519,10 +580,10 @@ def _quiesce(cluster: Cluster, cfg: Config, log) -> None:
     if not cluster.redis.alive():
         cluster.restart_redis()
     deadline = time.monotonic() + cfg.quiet_seconds
-    last, still = _pending_count(), 0
+    last, still = _pending_count(cluster), 0
     while last and time.monotonic() < deadline:
         time.sleep(0.5)
-        now = _pending_count()
+        now = _pending_count(cluster)
         still = still + 1 if now == last else 0
         if still >= 6:
             log("beat: " + beat_jobs(cluster))
@@ -538,9 +599,9 @@ def _quiesce(cluster: Cluster, cfg: Config, log) -> None:
         log("beat: " + report)
         asked_again = int(report.rsplit("toys asked again", 1)[1])
         waited = time.monotonic() + 5
-        while _pending_count() and time.monotonic() < waited:
+        while _pending_count(cluster) and time.monotonic() < waited:
             time.sleep(0.5)
-        if (not _pending_count() and not asked_again) or time.monotonic() > deadline:
+        if (not _pending_count(cluster) and not asked_again) or time.monotonic() > deadline:
             break
 
 
@@ -552,7 +613,7 @@ def queue_differences(cluster: Cluster) -> list[str]:
 
     r = redis_lib.Redis(port=cluster.redis_port, decode_responses=True)
     diffs = []
-    s = new_session()
+    s = cluster.new_session()
     try:
         model_ids = {str(m) for m in s.scalars(select(Purchase.model_id).distinct())}
         model_ids |= {k[len(KEY_PREFIX):].split(":", 1)[0] for k in r.scan_iter(match=KEY_PREFIX + "*")}
@@ -571,11 +632,11 @@ def queue_differences(cluster: Cluster) -> list[str]:
     return diffs
 
 
-def _check(report: Report, shop: Shop, recorder: Recorder) -> None:
+def _check(cluster: Cluster, report: Report, shop: Shop, recorder: Recorder) -> None:
     anomalies = report.anomalies
     anomalies.extend(recorder.anomalies)
     report.responses = recorder.responses
-    s = new_session()
+    s = cluster.new_session()
     try:
         purchases = {str(p.id): p for p in s.scalars(select(Purchase))}
         report.accepted = len(purchases)

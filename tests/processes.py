@@ -1,12 +1,16 @@
 """Child processes for the tests and the benchmark (bench/run.py imports this too): a process in its own
 process group, started, killed and stopped as a whole (gunicorn and its workers, Celery and its pool), free
-ports, and waiting for a port to listen or a URL to answer."""
+ports, waiting for a port to listen or a URL to answer, and private servers (redis-server, a PostgreSQL
+cluster made with initdb) that a test may restart or stop without touching the shared ones."""
 from __future__ import annotations
 
 import os
+import pwd
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.request
 
@@ -125,3 +129,83 @@ def start_redis_server(port: int, log_path: str | None = None) -> ProcessGroup:
                                     "--appendonly", "no"], dict(os.environ), log_path).start()
     wait_port(port, 10, server)
     return server
+
+
+POSTGRES_BIN = "/usr/lib/postgresql/15/bin"
+# A throwaway cluster: durability buys nothing here, and the machine is small.
+POSTGRES_SETTINGS = {
+    "listen_addresses": "'127.0.0.1'",
+    "fsync": "off",
+    "synchronous_commit": "off",
+    "full_page_writes": "off",
+    "max_connections": "200",  # gunicorn's and each Celery process's pools, the driver, beat's runs
+}
+
+
+class PostgresCluster:
+    """A private PostgreSQL cluster: initdb in a temp dir, trust auth, on 127.0.0.1:`port`, its sockets in
+    that dir. initdb and postgres refuse to run as root, so as root every command runs as the `postgres` OS
+    user (runuser), and the dir belongs to that user. `destroy` stops it and removes the dir, after copying
+    the server's log to `log_path` if given."""
+
+    def __init__(self, port: int | None = None, log_path: str | None = None):
+        self.port = port or free_port()
+        self.log_path = log_path
+        self.dir = tempfile.mkdtemp(prefix="perfmenu-pg-")
+        self.data = os.path.join(self.dir, "data")
+        self.server_log = os.path.join(self.dir, "postgres.log")
+        self.as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        if self.as_postgres:
+            user = pwd.getpwnam("postgres")
+            os.chown(self.dir, user.pw_uid, user.pw_gid)
+        try:
+            self._run("initdb", "-D", self.data, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C",
+                      "--no-sync")
+        except BaseException:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            raise
+        settings = {**POSTGRES_SETTINGS, "port": str(self.port), "unix_socket_directories": f"'{self.dir}'"}
+        with open(os.path.join(self.data, "postgresql.conf"), "a") as conf:
+            conf.writelines(f"{name} = {value}\n" for name, value in settings.items())
+
+    def _run(self, program: str, *args: str) -> None:
+        # cwd: the postgres user may not enter the caller's directory.
+        out = subprocess.run(self.as_postgres + [os.path.join(POSTGRES_BIN, program), *args], cwd=self.dir,
+                             capture_output=True, text=True, timeout=120)
+        if out.returncode:
+            raise RuntimeError(f"{program} {args[0] if args else ''} failed: {(out.stdout + out.stderr)[-2000:]}")
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
+
+    def start(self) -> "PostgresCluster":
+        """Start and wait until it accepts connections (pg_ctl -w)."""
+        self._run("pg_ctl", "start", "-D", self.data, "-l", self.server_log, "-w", "-t", "60")
+        return self
+
+    def stop(self, mode: str = "fast") -> None:
+        """Stop: `fast` ends every session (open transactions roll back), `immediate` is a crash."""
+        self._run("pg_ctl", "stop", "-D", self.data, "-m", mode, "-w", "-t", "60")
+
+    def restart(self) -> None:
+        """A fast restart, as an operator or a package upgrade does it."""
+        self._run("pg_ctl", "restart", "-D", self.data, "-m", "fast", "-l", self.server_log, "-w", "-t",
+                  "60")
+
+    def running(self) -> bool:
+        status = [os.path.join(POSTGRES_BIN, "pg_ctl"), "status", "-D", self.data]
+        return subprocess.run(self.as_postgres + status, cwd=self.dir, capture_output=True).returncode == 0
+
+    def create_database(self, name: str) -> str:
+        """Create `name` and return its URL."""
+        self._run("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", name)
+        return self.url(name)
+
+    def destroy(self) -> None:
+        try:
+            if self.running():
+                self.stop("immediate")
+        finally:
+            if self.log_path and os.path.exists(self.server_log):
+                shutil.copyfile(self.server_log, self.log_path)
+            shutil.rmtree(self.dir, ignore_errors=True)

@@ -1,7 +1,10 @@
-"""The bank test: purchases under worker kills, Redis restarts and database backend kills lose nothing.
+"""The bank test: purchases under worker kills, Redis restarts and pauses, database backend kills and
+PostgreSQL restarts lose nothing.
 
-The short run is part of `make test`; `make proof` runs the long one (10,000 purchases, >= 20 worker kills,
-3 Redis restarts, 10 database backend kills). Sizes can be overridden with BANK_* environment variables."""
+It runs on a PostgreSQL cluster and a redis-server of its own (tests/bank.py), never on the shared ones. The
+short run is part of `make test`; `make proof` runs the long one (10,000 purchases, >= 24 worker kills,
+3 Redis restarts, 3 Redis pauses of ~10 s, 10 database backend kills, 4 PostgreSQL restarts: 2 fast, 2 stopped
+for ~10 s). Sizes can be overridden with BANK_* environment variables (BANK_PG_STOPS=3...)."""
 from __future__ import annotations
 
 import os
@@ -16,8 +19,8 @@ def _cfg(**defaults) -> bank.Config:
     return bank.Config(**{k: type(v)(env[k]) if env[k] else v for k, v in defaults.items()})
 
 
-def _run_and_assert(database, cfg):
-    report = bank.run(database, cfg)
+def _run_and_assert(cfg):
+    report = bank.run(cfg)
     print()
     print(report.details())
     for anomaly in report.anomalies[:50]:
@@ -26,19 +29,23 @@ def _run_and_assert(database, cfg):
     assert report.purchases == cfg.purchases
     assert report.faults["worker_kill"] + report.faults["worker_restart"] >= cfg.worker_kills
     assert report.faults["redis_restart"] == cfg.redis_restarts
+    assert report.faults["redis_pause"] == cfg.redis_pauses
     assert report.faults["db_kill"] == cfg.db_kills
+    assert report.faults["pg_restart"] == cfg.pg_restarts
+    assert report.faults["pg_stop"] == cfg.pg_stops
     assert report.anomalies == []
     # The run exercised the interesting outcomes, not only the happy path.
     assert report.statuses["completed"] > 0 and report.statuses["queued"] > 0
     return report
 
 
-def test_bank_short(database):
-    _run_and_assert(database, _cfg(purchases=1000, worker_kills=4, redis_restarts=1, db_kills=2, lovense_faults=2,
-                                   clients=6))
+def test_bank_short():
+    _run_and_assert(_cfg(purchases=1000, worker_kills=4, redis_restarts=1, redis_pauses=1, db_kills=2,
+                         pg_restarts=1, pg_stops=1, lovense_faults=2, clients=6))
 
 
 @pytest.mark.slow
-def test_bank_proof(database):
-    _run_and_assert(database, _cfg(purchases=10_000, worker_kills=24, redis_restarts=3, db_kills=10, fans=100,
-                                   models=15, clients=8, lovense_faults=6, quiet_seconds=120.0))
+def test_bank_proof():
+    _run_and_assert(_cfg(purchases=10_000, worker_kills=24, redis_restarts=3, redis_pauses=3, db_kills=10,
+                         pg_restarts=2, pg_stops=2, fans=100, models=15, clients=8, lovense_faults=6,
+                         quiet_seconds=120.0))

@@ -1,16 +1,22 @@
 """Fuzzing the OpenAPI document with schemathesis, signed in as each role: no 5xx, every response conforms to
-the documented schema and status codes. Bounded examples in the normal run; more under `-m slow`.
+the documented schema and status codes, every 4xx carries the error envelope. Bounded examples in the normal
+run; more under `-m slow`. schemathesis draws only UTF-8 text and shallow bodies; hooks on our schema widen
+that: strings with lone surrogates and control characters, JSON bodies nested thousands deep (tests/hostile.py).
 
 Plus targeted hostile input: bad JSON, a body over MAX_CONTENT_LENGTH, wrong types, unknown fields, non-UUID
 ids, negative and huge numbers -> a clear 4xx with the error envelope, and no row written."""
 from __future__ import annotations
 
+import logging
 import os
+from collections import Counter
 
 import pytest
 import schemathesis
-from schemathesis import checks
+from hostile import CONTROL_TEXT, DEEP_BODIES, WIDE_TEXT, assert_clear_answer, public_requests
 from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from schemathesis import checks
 from sqlalchemy import func, select, text
 
 from conftest import SETTINGS, new_session
@@ -23,6 +29,32 @@ SLOW_EXAMPLES = int(os.environ.get("FUZZ_SLOW_EXAMPLES", "400"))
 
 # The document is read from an app built at import (conftest has set the environment); requests go to it too.
 schema = schemathesis.openapi.from_wsgi("/openapi.json", create_app(SETTINGS))
+
+
+def _widened(value):
+    """The generated value, each string of it possibly swapped for wide text (and an object possibly given a
+    wide key)."""
+    if isinstance(value, str):
+        return st.one_of(st.just(value), WIDE_TEXT)
+    if isinstance(value, list):
+        return st.tuples(*map(_widened, value)).map(list)
+    if isinstance(value, dict):
+        fields = st.fixed_dictionaries({key: _widened(item) for key, item in value.items()})
+        extra = st.dictionaries(WIDE_TEXT, WIDE_TEXT, max_size=1)
+        return st.tuples(fields, extra).map(lambda pair: {**pair[0], **pair[1]})
+    return st.just(value)
+
+
+@schema.hook
+def flatmap_body(_context, body):
+    # As generated, widened, or replaced by JSON nested thousands deep (bytes, sent as they are).
+    return st.one_of(st.just(body), _widened(body), DEEP_BODIES)
+
+
+@schema.hook
+def flatmap_query(_context, query):
+    return st.one_of(st.just(query), st.fixed_dictionaries(
+        {name: st.one_of(st.just(value), CONTROL_TEXT) for name, value in (query or {}).items()}))
 
 
 @pytest.fixture
@@ -45,10 +77,40 @@ def row_counts() -> dict[str, int]:
 EXCLUDED_CHECKS = [checks.positive_data_acceptance, checks.negative_data_rejection]
 
 
+TALLY = Counter()  # what the fuzz run sent and got, printed at the end (`make proof` shows it)
+
+
+def _kind(body) -> str:
+    if isinstance(body, bytes):
+        return "deep"
+    return "surrogate" if _has_surrogate(body) else "other"
+
+
+def _has_surrogate(value) -> bool:
+    if isinstance(value, str):
+        return not value.isascii() and any(0xD800 <= ord(c) <= 0xDFFF for c in value)
+    if isinstance(value, dict):
+        return any(_has_surrogate(k) or _has_surrogate(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(map(_has_surrogate, value))
+    return False
+
+
 def _check(case, role_headers):
     for role in ("fan", "model", "admin"):
         response = case.call_and_validate(headers=role_headers[role], excluded_checks=EXCLUDED_CHECKS)
-        assert response.status_code < 500, (role, case.method, case.path, response.status_code, response.text)
+        TALLY["requests"] += 1
+        TALLY[f"{_kind(case.body)} bodies"] += 1
+        TALLY["server errors"] += response.status_code >= 500
+        assert_clear_answer(response.status_code, response.content, None, f"{role} {case.method} {case.path}")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fuzz_tally():
+    yield
+    if TALLY["requests"]:
+        print(f"\nfuzz: {TALLY['requests']} requests ({TALLY['surrogate bodies']} with lone surrogates, "
+              f"{TALLY['deep bodies']} nested thousands deep), server errors: {TALLY['server errors']}")
 
 
 @schema.parametrize()
@@ -254,3 +316,31 @@ def test_lone_surrogates_and_deep_nesting_are_400_and_write_nothing(client, role
                     headers={**(role_headers[role] if role else {}), "Content-Type": "application/json"})
     assert_envelope(r, 400)
     assert row_counts() == before
+
+
+# Issue 20: every public route (no token), and /auth/refresh with bad tokens, under hostile input: lone
+# surrogates and control characters in every string field and key, nesting 10,000-60,000 deep under 64 KiB,
+# wrong content types, empty and non-UTF-8 bodies, hostile query strings. A clear answer, never a 5xx, no
+# traceback logged. tests/test_http_bodies.py sends the same requests to a real gunicorn.
+PUBLIC_REQUESTS = public_requests()
+PUBLIC_ROUTES = sorted({(method, path.split("?")[0]) for _id, method, path, *_rest in PUBLIC_REQUESTS})
+
+
+@pytest.mark.parametrize("route", PUBLIC_ROUTES, ids=" ".join)
+def test_public_routes_answer_hostile_input_clearly(client, database, caplog, route):
+    before = row_counts()
+    with caplog.at_level(logging.WARNING):
+        for case_id, method, path, headers, body, expected in PUBLIC_REQUESTS:
+            if (method, path.split("?")[0]) == route:
+                r = client.open(path, method=method, data=body, headers=headers)
+                assert_clear_answer(r.status_code, r.get_data(), expected, case_id)
+    assert not [rec for rec in caplog.records if rec.levelno >= logging.ERROR or rec.exc_info], caplog.text[-2000:]
+    assert row_counts() == before
+
+
+def test_the_hostile_requests_cover_every_public_route(client, database):
+    # A public route added later (security: [] in the document) must be added to tests/hostile.py too.
+    doc = client.get("/openapi.json").get_json()
+    public = {(method.upper(), path) for path, operations in doc["paths"].items()
+              for method, operation in operations.items() if method != "parameters" and operation.get("security") == []}
+    assert public and public <= set(PUBLIC_ROUTES), public - set(PUBLIC_ROUTES)

@@ -236,12 +236,15 @@ def _model(ref: str) -> User:
 
 STATEMENT_DOC = dict(example=STATEMENT_EXAMPLE, description="The statement (JSON, or CSV with `format=csv` or "
                      "`Accept: text/csv`)")
+# The 200 answer's other form, beside the JSON schema flask-smorest documents.
+CSV_TOO = blp.doc(responses={200: {"content": {"text/csv": {"schema": {"type": "string"}}}}})
 
 
 @blp.route("/earnings", methods=["GET"])
 @role_required("model")
 @blp.arguments(PeriodQuery, location="query")
 @blp.response(200, StatementOut, **STATEMENT_DOC)
+@CSV_TOO
 def my_earnings(query):
     """The caller's earnings over a period of local days (PERFMENU_TIME_ZONE): totals (gross, the platform's
     fee, net, refunds), per day, per menu, per item, payouts (paid, unpaid), and a page of the sales behind it."""
@@ -252,6 +255,7 @@ def my_earnings(query):
 @role_required("admin")
 @blp.arguments(PeriodQuery, location="query")
 @blp.response(200, StatementOut, **STATEMENT_DOC)
+@CSV_TOO
 @error(404, description="not_found: no such model")
 def model_earnings(query, model_ref):
     """A model's statement (as GET /earnings); `model_ref` is our id or the platform's."""
@@ -345,6 +349,7 @@ def payout(body, model_ref):
 @role_required("admin")
 @blp.arguments(PeriodQuery(only=("format",)), location="query")
 @blp.response(200, PayablesOut, example={"payables": [{"model_id": MODEL_ID, "payable": 480}]})
+@CSV_TOO
 def list_payables(query):
     """Every model with unpaid earnings, largest first (CSV with `format=csv` or `Accept: text/csv`)."""
     rows = payables(db())
