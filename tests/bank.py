@@ -6,8 +6,10 @@ them disturbs nobody: the shared PostgreSQL and Redis are never touched), drives
 Queue ON menus from several client threads with random idempotency-key reuse, while a fault injector SIGKILLs
 Celery processes in the middle of work (and restarts them), restarts Redis, pauses it (SIGSTOP for ~10 s: a
 partition, the server neither answers nor refuses), terminates the database's backends, restarts PostgreSQL
-(fast, or stopped for ~10 s) and makes the fake Lovense fail or hang. Afterwards, and after a quiet period in
-which beat's jobs are called, it checks the books and every purchase. `run(...)` returns a Report;
+(fast, or stopped for ~10 s) and makes the fake Lovense fail or hang. The platform takes its commission (a
+default rate and some models' own) and an admin records payouts. Afterwards, and after a quiet period in
+which beat's jobs are called, it checks the books, every purchase (its ledger rows, its fee) and the earnings
+rollup. `run(...)` returns a Report;
 tests/test_bank.py asserts that it has no anomaly.
 
 The driver only talks HTTP to the service and reads the database (plus calling beat's pending sweep)."""
@@ -34,10 +36,11 @@ from sqlalchemy import func, select, text
 from sqlalchemy.orm import sessionmaker
 
 from models.db import make_engine
-from models.ledger import Account, LedgerEntry, books_differences, top_up
+from models.ledger import TOKEN_KINDS, Account, LedgerEntry, books_differences, top_up
 from models.lovense import LovenseActivation, LovenseLink
 from models.menus import Menu, MenuItem
 from models.purchases import Purchase
+from models.revenue import CommissionRate, EarningsDay
 from models.schema import upgrade_head
 from models.users import create_user
 
@@ -73,6 +76,8 @@ class Config:
     pg_stops: int = 1  # PostgreSQL stopped for pg_stop_seconds, then started
     lovense_faults: int = 2
     queue_actions: float = 0.4  # chance a purchase is followed by a start, complete, reject or cancel
+    payouts: float = 0.03  # chance a purchase is followed by an admin's payout (its key sometimes replayed)
+    fee_bps: int = 1500  # the platform's commission (PLATFORM_FEE_BPS); some models have a rate of their own
     key_reuse: float = 0.15  # chance a purchase replays an earlier key of the same fan (same or other item)
     quiet_seconds: float = 60
     redis_pause_seconds: float = 10
@@ -131,6 +136,7 @@ class Cluster:
             LOVENSE_BACKOFF_SECONDS="0.2",
             LOVENSE_BACKOFF_MAX_SECONDS="1",
             LOVENSE_RATE_LIMIT="100000",
+            PLATFORM_FEE_BPS=str(cfg.fee_bps),
         )
         self.env = env
         self.web = self._process("web", [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{self.web_port}",
@@ -248,16 +254,23 @@ class Shop:
     models: list  # (id, username)
     items: list  # (menu_id, item_id, queue_mode, token_value)
     issued: int
+    admin: tuple  # (id, username)
+    rates: dict  # model id -> the commission its sales are made at
 
 
 def build_shop(cluster: Cluster, cfg: Config, rng: random.Random) -> Shop:
     s = cluster.new_session()
     try:
-        fans, models, items, issued = [], [], [], 0
+        fans, models, items, issued, rates = [], [], [], 0, {}
+        admin = create_user(s, f"bank-admin-{uuid.uuid4().hex[:8]}", PASSWORD, "admin")
         for i in range(cfg.models):
             model = create_user(s, f"bank-model-{uuid.uuid4().hex[:8]}", PASSWORD, "model")
             models.append((model.id, model.username))
             s.flush()
+            own_rate = rng.choice([None, None, 0, 500, 3333, 9999])
+            if own_rate is not None:
+                s.add(CommissionRate(model_id=model.id, bps=own_rate))
+            rates[model.id] = cfg.fee_bps if own_rate is None else own_rate
             s.add(LovenseLink(model_id=model.id, uid=str(model.id), toys={}))
             for mode in ("OFF", "ON"):
                 menu = Menu(model_id=model.id, name=f"{mode} menu", queue_mode=mode,
@@ -281,7 +294,7 @@ def build_shop(cluster: Cluster, cfg: Config, rng: random.Random) -> Shop:
             issued += amount
             fans.append((fan.id, fan.username))
         s.commit()
-        return Shop(fans, models, items, issued)
+        return Shop(fans, models, items, issued, (admin.id, admin.username), rates)
     finally:
         s.close()
 
@@ -397,6 +410,17 @@ class Client:
             status, data = self.act(f"/queue/{pid}/cancel", fan)
         recorder.action(action, status, data)
 
+    def payout(self, recorder, used: list):
+        """An admin pays a model out (a new key, or an earlier one replayed with its amount)."""
+        if used and self.rng.random() < 0.3:
+            model_id, amount, key = self.rng.choice(used)
+        else:
+            model_id, amount, key = self.rng.choice(self.shop.models)[0], self.rng.randint(1, 300), uuid.uuid4().hex
+            used.append((model_id, amount, key))
+        status, data = self.act(f"/admin/models/{model_id}/payouts", self.shop.admin,
+                                {"amount": amount, "idempotency_key": key})
+        recorder.payout(status, data)
+
 
 class Recorder:
     def __init__(self):
@@ -424,6 +448,14 @@ class Recorder:
                 self.anomalies.append(f"{name} answered {status} {code}")
                 return
             self.answered[str(data["purchase_id"])] = data["status"]
+
+    def payout(self, status, data):
+        with self.lock:
+            code = data.get("error", {}).get("code") if isinstance(data, dict) and "error" in data else None
+            self.responses[f"payout {status}{':' + code if code else ''}"] += 1
+            # Paid (201), the same key again (200), more than is unpaid (422), or a fault.
+            if status not in (None, 200, 201, 503) and code != "insufficient_earnings":
+                self.anomalies.append(f"payout answered {status} {code}")
 
     def __call__(self, fan, key, body, status, data, replay=None):
         with self.lock:
@@ -506,13 +538,15 @@ def run(cfg: Config, log=print) -> Report:
 
     def client_loop(i):
         client = Client(cluster.base_url, shop, random.Random(cfg.seed * 1000 + i), recorder, cfg.key_reuse)
-        used_keys = {}
+        used_keys, payout_keys = {}, []
         while take():
             if not client.buy(used_keys):
                 with lock:
                     sent[0] -= 1  # a replay is not a new purchase
             if client.rng.random() < cfg.queue_actions:
                 client.queue_action(recorder)
+            if client.rng.random() < cfg.payouts:
+                client.payout(recorder, payout_keys)
             report.purchases = sent[0]
 
     threads = [threading.Thread(target=client_loop, args=(i,), daemon=True) for i in range(cfg.clients)]
@@ -632,6 +666,41 @@ def queue_differences(cluster: Cluster) -> list[str]:
     return diffs
 
 
+def _fee_differences(pid, p, entries, rate: int) -> list[str]:
+    """The commission of one purchase: sold at its model's rate, split at completion so that the model's part and
+    the fee add up to the price, never taken on a refund (models/revenue.py)."""
+    out = []
+    if p.status != "failed" and p.fee_bps != rate:
+        out.append(f"purchase {pid} sold at {p.fee_bps} bps, its model's rate is {rate}")
+    fee = p.token_value * rate // 10000 if p.status == "completed" else 0
+    if (p.platform_fee or 0) != fee:
+        out.append(f"purchase {pid} ({p.status}) took a fee of {p.platform_fee}, wants {fee}")
+    expected = {"purchase": p.token_value - fee, "escrow_release": p.token_value - fee, "platform_fee": fee,
+                "escrow_hold": p.token_value, "escrow_refund": p.token_value}
+    for e in entries:
+        if e.kind in expected and e.amount != expected[e.kind]:
+            out.append(f"purchase {pid}: {e.kind} of {e.amount}, wants {expected[e.kind]} (price {p.token_value})")
+    return out
+
+
+def _rollup_differences(s) -> list[str]:
+    """The statements' rollup against the purchases it adds up, per model."""
+    rolled = {m: (sales, gross, fee, refunds, refunded) for m, sales, gross, fee, refunds, refunded in s.execute(
+        select(EarningsDay.model_id, func.sum(EarningsDay.sales), func.sum(EarningsDay.gross),
+               func.sum(EarningsDay.fee), func.sum(EarningsDay.refunds), func.sum(EarningsDay.refunded))
+        .group_by(EarningsDay.model_id))}
+    done = Purchase.status == "completed"
+    back = Purchase.status == "refunded"
+    actual = {m: (sales, gross, fee, refunds, refunded) for m, sales, gross, fee, refunds, refunded in s.execute(
+        select(Purchase.model_id, func.count().filter(done), func.coalesce(func.sum(Purchase.token_value).filter(done), 0),
+               func.coalesce(func.sum(Purchase.platform_fee).filter(done), 0), func.count().filter(back),
+               func.coalesce(func.sum(Purchase.token_value).filter(back), 0))
+        .where(Purchase.status.in_(("completed", "refunded"))).group_by(Purchase.model_id))}
+    return [f"earnings rollup of model {m}: {rolled.get(m)}, purchases say {actual.get(m)}"
+            for m in set(rolled) | set(actual)
+            if tuple(int(v) for v in rolled.get(m, (0,) * 5)) != tuple(int(v) for v in actual.get(m, (0,) * 5))]
+
+
 def _check(cluster: Cluster, report: Report, shop: Shop, recorder: Recorder) -> None:
     anomalies = report.anomalies
     anomalies.extend(recorder.anomalies)
@@ -658,11 +727,11 @@ def _check(cluster: Cluster, report: Report, shop: Shop, recorder: Recorder) -> 
             want = set(ROWS_FOR.get((p.transaction_type, p.status), {"?"}))
             if p.status == "completed" and p.loyalty_points > 0:
                 want.add("loyalty_award")
+            if p.status == "completed" and p.token_value * shop.rates[p.model_id] // 10000:
+                want.add("platform_fee")
             if set(kinds) != want:
                 anomalies.append(f"purchase {pid} ({p.transaction_type}, {p.status}) has rows {kinds}, wants {want}")
-            for e in rows.get(pid, []):
-                if e.kind != "loyalty_award" and e.amount != p.token_value:
-                    anomalies.append(f"purchase {pid}: {e.kind} of {e.amount}, price {p.token_value}")
+            anomalies.extend(_fee_differences(pid, p, rows.get(pid, []), shop.rates[p.model_id]))
         for pid, told in recorder.answered.items():
             p = purchases.get(pid)
             if p is None:
@@ -681,7 +750,8 @@ def _check(cluster: Cluster, report: Report, shop: Shop, recorder: Recorder) -> 
         anomalies.extend(f"fan {f} key {k} made {n} purchases" for f, k, n in per_key)
         anomalies.extend(f"books: {d}" for d in books_differences(s))
         held = s.scalar(select(func.coalesce(func.sum(Account.balance), 0))
-                        .where(Account.kind.in_(("wallet", "earnings", "escrow"))))
+                        .where(Account.kind.in_(set(TOKEN_KINDS) - {"token_issuer"})))
+        anomalies.extend(_rollup_differences(s))
         issued = s.scalar(select(func.coalesce(func.sum(LedgerEntry.amount), 0)).where(LedgerEntry.kind == "top_up"))
         if not (held == issued == shop.issued):
             anomalies.append(f"tokens held {held}, issued by the ledger {issued}, issued by the test {shop.issued}")

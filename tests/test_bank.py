@@ -1,5 +1,5 @@
 """The bank test: purchases under worker kills, Redis restarts and pauses, database backend kills and
-PostgreSQL restarts lose nothing.
+PostgreSQL restarts lose nothing, with the platform's commission on and payouts recorded meanwhile.
 
 It runs on a PostgreSQL cluster and a redis-server of its own (tests/bank.py), never on the shared ones. The
 short run is part of `make test`; `make proof` runs the long one (10,000 purchases, >= 24 worker kills,
