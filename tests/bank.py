@@ -759,7 +759,11 @@ def _check(cluster: Cluster, report: Report, shop: Shop, recorder: Recorder) -> 
         report.activations = Counter(a.status for a in activations.values())
         for pid, a in activations.items():
             if a.status == "pending":
-                anomalies.append(f"activation of {pid} left pending")
+                p = purchases.get(pid)
+                anomalies.append(
+                    f"activation of {pid} left pending: attempts {a.attempts}, last error {a.last_error}, slot "
+                    f"{a.starts_at}..{a.ends_at} (planned {a.scheduled_at}), claimed {a.claim_token is not None} "
+                    f"until {a.locked_until}; purchase {p.transaction_type if p else '?'} {p.status if p else '?'}")
             if a.status == "failed" and not a.last_error:
                 anomalies.append(f"activation of {pid} failed without an error")
         for pid, p in purchases.items():
