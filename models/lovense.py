@@ -12,9 +12,12 @@ from sqlalchemy.orm import Mapped, mapped_column
 from .db import Base
 from .types import UTCDateTime, str_enum, utcnow
 
-ACTIVATION_STATUSES = ("pending", "sent", "failed", "skipped")
+# pending: waiting for its slot; sent: played (playing while ends_at is ahead); stopped: cut off by a Stop
+# (reject/refund of a Queue ON entry, unpairing, kill switch); expired: a Queue OFF buzz that could not start within
+# LOVENSE_FRESHNESS_SECONDS of its slot (docs/architecture.md, "Lovense").
+ACTIVATION_STATUSES = ("pending", "sent", "failed", "skipped", "stopped", "expired")
 DEVICE_TYPES = ("vibrator", "pump", "all")
-PATTERNS = ("steady", "pulse", "wave", "custom")
+PATTERNS = ("steady", "pulse", "wave", "fireworks", "earthquake", "custom")
 
 
 class LovenseLink(Base):
@@ -49,7 +52,10 @@ class LovenseActivation(Base):
     of the task finds it claimed and does nothing; a task that died mid-send frees it when the lease ends."""
 
     __tablename__ = "lovense_activations"
-    __table_args__ = (Index("ix_lovense_activations_status_updated", "status", "updated_at"),)
+    __table_args__ = (
+        Index("ix_lovense_activations_status_updated", "status", "updated_at"),
+        Index("ix_lovense_activations_model_status_starts", "model_id", "status", "starts_at"),
+    )
 
     id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
     purchase_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("purchases.id"), unique=True)
@@ -63,6 +69,11 @@ class LovenseActivation(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
     last_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The model's toy timeline: one slot per activation, back to back in the order they were scheduled.
+    due_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # never before this (request + timing_offset)
+    scheduled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # the slot as first planned: freshness clock
+    starts_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # planned start; once sent, the actual start
+    ends_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # planned end; sent: when it stops; stopped: the Stop
 
 
 def activation_enabled(spec) -> bool:

@@ -35,9 +35,13 @@ class LovenseActivationSchema(Schema):
     enabled = fields.Boolean(load_default=True)
     device_type = fields.String(required=True, validate=validate.OneOf(DEVICE_TYPES))
     intensity = Int(required=True, validate=validate.Range(min=1, max=20))
+    # Under 2 s is accepted and played as 2 s (Lovense's shortest timed command; lovense_api.time_sec).
     duration_ms = Int(required=True, validate=validate.Range(min=1, max=3_600_000))
     timing_offset = Int(load_default=0, validate=validate.Range(min=0, max=3_600_000))
     pattern = fields.String(load_default="steady", validate=validate.OneOf(PATTERNS))
+    # pattern `custom` only: the strength steps (0..20) the toy loops, one every interval_ms (Lovense's Pattern).
+    strengths = fields.List(Int(validate=validate.Range(min=0, max=20)), validate=validate.Length(min=1, max=50))
+    interval_ms = Int(validate=validate.Range(min=100, max=10_000))
 
 
 _WEB_URL = validate.URL(schemes={"http", "https"}, require_tld=False)

@@ -157,6 +157,7 @@ class Settings:
     lovense_backoff_max_seconds: float = 60.0
     lovense_rate_limit: int = 20  # commands per model per window
     lovense_rate_window_seconds: int = 60
+    lovense_freshness_seconds: float = 60.0  # a Queue OFF buzz this late for its slot expires instead of playing
     # Flask-Limiter rate limits ("N per second|minute|hour|day", several separated by ";").
     login_rate_limit: str = "10 per minute"
     purchase_rate_limit: str = "30 per minute"
@@ -267,6 +268,8 @@ class Settings:
             lovense_rate_limit=max(1, _number(env, "LOVENSE_RATE_LIMIT", d["lovense_rate_limit"])),
             lovense_rate_window_seconds=max(1, _number(env, "LOVENSE_RATE_WINDOW_SECONDS",
                                                        d["lovense_rate_window_seconds"])),
+            lovense_freshness_seconds=max(0.1, _number(env, "LOVENSE_FRESHNESS_SECONDS",
+                                                       d["lovense_freshness_seconds"], float)),
             login_rate_limit=_rate(env, "RATE_LIMIT_LOGIN", d["login_rate_limit"]),
             purchase_rate_limit=_rate(env, "RATE_LIMIT_PURCHASE", d["purchase_rate_limit"]),
             pending_sweep_interval_seconds=_positive(env, "PENDING_SWEEP_INTERVAL_SECONDS",

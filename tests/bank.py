@@ -596,6 +596,9 @@ BEAT_JOBS = ("from datetime import timedelta; from models.types import utcnow; i
              "'toys asked again', sweep_activations(utcnow() + timedelta(minutes=1)))")
 
 
+BEAT_EVERY_SECONDS = 10  # the quiet period's beat cadence while work still progresses
+
+
 def beat_jobs(cluster: Cluster) -> str:
     """Beat's jobs (pending sweep, escrow deadlines, queue reconciliation), run once in the cluster's setup."""
     out = subprocess.run([sys.executable, "-c", BEAT_JOBS], cwd=ROOT, env=cluster.env, capture_output=True,
@@ -615,13 +618,16 @@ def _quiesce(cluster: Cluster, cfg: Config, log) -> None:
         cluster.restart_redis()
     deadline = time.monotonic() + cfg.quiet_seconds
     last, still = _pending_count(cluster), 0
+    swept = time.monotonic()
     while last and time.monotonic() < deadline:
         time.sleep(0.5)
         now = _pending_count(cluster)
         still = still + 1 if now == last else 0
-        if still >= 6:
+        # Beat runs on its own clock, not only when nothing moves: while one model's timeline drains, another's
+        # may have lost its task (a Redis restart empties the broker) and waits for the sweep to be asked again.
+        if still >= 6 or time.monotonic() - swept >= BEAT_EVERY_SECONDS:
             log("beat: " + beat_jobs(cluster))
-            still = 0
+            still, swept = 0, time.monotonic()
         last = now
     # Beat keeps running its jobs: a toy activation whose task died with a worker or a Redis restart is
     # claimed until its lease runs out (about 31 s here), and only then can the sweep's new request take it.

@@ -1,7 +1,12 @@
 """A fake Lovense Standard API server: a real HTTP server on 127.0.0.1 in a thread.
 
-It records every request (path and JSON body) and answers from a script: each queued reply is used once,
-then the default reply. A reply is (http_status, json_body, delay_seconds); a long delay makes it hang."""
+It records every request (path, JSON body, arrival time, whether it was accepted) and answers from a script: each
+queued reply is used once, then the default reply. A reply is (http_status, json_body, delay_seconds); a long delay
+makes it hang.
+
+It also plays the toy: `plays(uid)` replays the accepted commands in arrival order as Lovense's app would (a
+command runs for timeSec, 0 = until stopped; a new command with stopPrevious 1 or absent, or a Stop, ends the one
+playing), so a test asserts what the toy did, not what we meant to send."""
 from __future__ import annotations
 
 import json
@@ -69,6 +74,25 @@ class FakeLovense:
             return [r["json"] for r in self.requests if r["path"] == "/api/lan/v2/command"
                     and (uid is None or (r["json"] or {}).get("uid") == str(uid))]
 
+    def plays(self, uid) -> list[dict]:
+        """What the uid's toy played: one entry per accepted buzz, {"command", "start", "end" (when it stopped),
+        "seconds" (how long it ran), "cut" (ended by another command before its timeSec)}. A Stop plays nothing."""
+        with self._lock:
+            received = sorted((r for r in self.requests if r["path"] == "/api/lan/v2/command" and r.get("accepted")
+                               and (r["json"] or {}).get("uid") == str(uid)), key=lambda r: r["at"])
+        plays = []
+        for r in received:
+            body = r["json"]
+            if plays and plays[-1]["end"] > r["at"] and (body.get("action") == "Stop"
+                                                          or body.get("stopPrevious", 1) != 0):
+                plays[-1].update(end=r["at"], cut=True)
+            if body.get("action") != "Stop":
+                seconds = body.get("timeSec") or float("inf")
+                plays.append({"command": body, "start": r["at"], "end": r["at"] + seconds, "cut": False})
+        for play in plays:
+            play["seconds"] = play["end"] - play["start"]
+        return plays
+
     def wait_for(self, predicate, timeout: float = 15.0):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -95,9 +119,11 @@ class FakeLovense:
                     body = json.loads(raw)
                 except ValueError:
                     body = None
+                record = {"path": self.path, "json": body, "at": time.time()}
                 with fake._lock:
-                    fake.requests.append({"path": self.path, "json": body, "at": time.time()})
+                    fake.requests.append(record)
                 status, reply, delay = fake._next(self.path)
+                record["accepted"] = status == 200 and reply.get("code") == 200
                 if delay:
                     time.sleep(delay)
                 data = json.dumps(reply).encode()

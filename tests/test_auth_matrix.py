@@ -99,6 +99,7 @@ ROUTES: dict[tuple[str, str], Route | None] = {
     ("GET", "/lovense/link"): Route(roles=MODEL),
     ("DELETE", "/lovense/link"): Route(roles=MODEL),
     ("GET", "/lovense/activations"): Route(roles=ADMIN),
+    ("GET", "/lovense/timeline"): Route(roles=MODEL),
     ("GET", "/earnings"): Route(roles=MODEL),
     ("GET", "/admin/models/<model_ref>/earnings"): Route(roles=ADMIN),
     ("GET", "/admin/models/<model_ref>/commission"): Route(roles=ADMIN),

@@ -87,6 +87,18 @@ def wait_activation(purchase_id, timeout=15.0) -> LovenseActivation:
     raise AssertionError(f"activation of {purchase_id} not final: {activation(purchase_id)}")
 
 
+def slot_due_now(purchase_id) -> None:
+    """Move a purchase's slot (a minute away, so the worker leaves it alone) to now, for a run in this process."""
+    s = new_session()
+    try:
+        row = s.scalar(select(LovenseActivation).where(LovenseActivation.purchase_id == purchase_id))
+        now = utcnow()
+        row.ends_at, row.starts_at = now + (row.ends_at - row.starts_at), now
+        s.commit()
+    finally:
+        s.close()
+
+
 def paired_model_with(client, factory, *items, **menu_fields):
     model = factory.user("model")
     pair(client, model)
@@ -96,19 +108,19 @@ def paired_model_with(client, factory, *items, **menu_fields):
 
 def test_exact_commands_for_the_three_seed_tease_items(client, factory, fake_lovense):
     fan = factory.user("fan", tokens=1000)
-    model, menu = paired_model_with(client, factory, TEASE_LOW, TEASE_MEDIUM, TEASE_HIGH)
     expected = [
-        {"token": TOKEN, "uid": str(model.id), "command": "Function", "action": "Vibrate:5", "timeSec": 10,
-         "apiVer": 1},
-        {"token": TOKEN, "uid": str(model.id), "command": "Preset", "name": "pulse", "timeSec": 15, "apiVer": 1},
-        {"token": TOKEN, "uid": str(model.id), "command": "Preset", "name": "wave", "timeSec": 20, "apiVer": 1},
+        {"command": "Function", "action": "Vibrate:5", "timeSec": 10, "apiVer": 1},
+        {"command": "Preset", "name": "pulse", "timeSec": 15, "apiVer": 1},
+        {"command": "Preset", "name": "wave", "timeSec": 20, "apiVer": 1},
     ]
-    for item, body in zip(menu.created_items, expected):
+    # One model each: one model's toy would play them one after the other (test_timeline.py).
+    for item, body in zip((TEASE_LOW, TEASE_MEDIUM, TEASE_HIGH), expected):
+        model, menu = paired_model_with(client, factory, item)
         fake_lovense.reset()
-        purchase_id = buy(client, factory, fan, menu, item)
+        purchase_id = buy(client, factory, fan, menu, menu.created_items[0])
         row = wait_activation(purchase_id)
         assert (row.status, row.attempts, row.last_error) == ("sent", 1, None)
-        assert fake_lovense.commands() == [body]
+        assert fake_lovense.commands() == [{"token": TOKEN, "uid": str(model.id), **body}]
         # Sent timing_offset (500 ms) after settlement, not before.
         settled_at = get_purchase(purchase_id).settled_at.timestamp()
         sent_at = fake_lovense.requests[0]["at"]
@@ -134,7 +146,7 @@ def test_queue_on_item_activates_when_the_model_starts_it(client, factory, fake_
     assert 0.95 <= fake_lovense.requests[0]["at"] - started_at < 6  # timing_offset 1 s after the start
     assert row.status == "sent"
     assert fake_lovense.commands() == [
-        {"token": TOKEN, "uid": str(model.id), "command": "Function", "action": "Vibrate:20,Rotate:20,Pump:3",
+        {"token": TOKEN, "uid": str(model.id), "command": "Function", "action": "All:20",
          "timeSec": 300, "apiVer": 1}
     ]
     assert get_purchase(purchase_id).status == "in_progress"
@@ -411,7 +423,7 @@ def test_rate_cap_per_model_and_window(redis_client):
 def test_build_command_ranges_and_backoff():
     assert build_command(lovense("pump", 1, 1, 0, "steady"))["action"] == "Pump:1"
     assert build_command(lovense("pump", 20, 1, 0, "steady"))["action"] == "Pump:3"
-    assert build_command(lovense("all", 99, 1, 0, "steady"))["action"] == "Vibrate:20,Rotate:20,Pump:3"
+    assert build_command(lovense("all", 99, 1, 0, "steady"))["action"] == "All:20"
     assert build_command(lovense("vibrator", -4, 1, 0, "steady"))["action"] == "Vibrate:0"
     assert build_command({**lovense("vibrator", 5, 1, 0, "steady"), "duration_ms": 1500})["timeSec"] == 2
     with pytest.raises(ValueError):
@@ -436,6 +448,7 @@ def test_no_developer_token_or_utoken_in_logs(client, factory, fake_lovense, cap
     menu = factory.menu(model, items=[item])
     purchase_id = buy(client, factory, fan, menu, menu.created_items[0])  # the worker's run is a minute away
     fake_lovense.script("/api/lan/v2/command", reply_code(501))
+    slot_due_now(purchase_id)
     assert activations.run(RUNTIME, purchase_id).status == "failed"  # here, so this process's logs are captured
     assert len(fake_lovense.commands()) == 1
     assert caplog.records

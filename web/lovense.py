@@ -24,11 +24,11 @@ from models.lovense import (
     pairing_utoken,
     read_utoken,
 )
-from models.services.activations import reset_for_resend
+from models.services.activations import reset_for_resend, timeline
 from models.services.lovense_api import LovenseError, client_for
 from models.types import utcnow
 from models.users import parse_uuid
-from worker.handoff import request_activation
+from worker.handoff import request_activation, request_stop
 
 from .auth import current_user_id, role_required
 from .deps import db, settings
@@ -96,6 +96,31 @@ class ActivationListOut(Schema):
     total = fields.Integer()
     limit = fields.Integer()
     offset = fields.Integer()
+
+
+class SlotOut(Schema):
+    purchase_id = fields.UUID()
+    fan_id = fields.UUID()
+    item_id = fields.UUID()
+    item_name = fields.String()
+    status = fields.String(metadata={"description": "playing (on the toy now) or waiting"})
+    position = fields.Integer(metadata={"description": "0: playing now; n: n slots ahead of this one"})
+    starts_at = fields.DateTime(metadata={"description": "playing: when it started; waiting: when it will"})
+    ends_at = fields.DateTime()
+    duration_seconds = fields.Float(metadata={"description": "what the toy plays (at least 2 s)"})
+
+
+class TimelineOut(Schema):
+    model_id = fields.UUID()
+    now_playing = fields.Nested(SlotOut, allow_none=True)
+    waiting = fields.List(fields.Nested(SlotOut))
+    ends_at = fields.DateTime(allow_none=True, metadata={"description": "when the last slot ends (None: idle)"})
+
+
+TIMELINE_SLOT = {"purchase_id": ACTIVATION_EXAMPLE["purchase_id"], "fan_id": "5d4c3b2a-1f0e-4d9c-8b7a-6f5e4d3c2b1a",
+                 "item_id": "1c2d3e4f-5a6b-4c7d-8e9f-0a1b2c3d4e5f", "item_name": "Lovense Tease - Low",
+                 "status": "playing", "position": 0, "starts_at": "2024-06-01T12:00:00+00:00",
+                 "ends_at": "2024-06-01T12:00:10+00:00", "duration_seconds": 10.0}
 
 
 def _link_view(link: LovenseLink | None) -> dict:
@@ -182,15 +207,34 @@ def get_link():
 @role_required("model")
 @blp.response(200, LinkOut, example=LINK_EXAMPLE)
 def unlink():
-    """Unpair: later activations of this model's purchases are recorded as skipped (unpaired)."""
+    """Unpair: a buzz playing now is stopped, and later activations of this model's purchases are recorded as
+    skipped (unpaired)."""
     session = db()
     model_id = current_user_id()
     link = session.get(LovenseLink, model_id)
     if link is not None:
+        uid = link.uid
         session.delete(link)
         audit(session, "lovense.unlinked", model_id, model_id)
         session.commit()
+        request_stop(model_id, reason="unpaired", uid=uid)  # the link is gone, so the Stop carries its uid
     return _link_view(None)
+
+
+@blp.route("/timeline", methods=["GET"])
+@role_required("model")
+@blp.response(200, TimelineOut, example={"model_id": MODEL_ID, "now_playing": TIMELINE_SLOT, "waiting": [
+    {**TIMELINE_SLOT, "status": "waiting", "position": 1, "starts_at": "2024-06-01T12:00:10+00:00",
+     "ends_at": "2024-06-01T12:00:20+00:00"}], "ends_at": "2024-06-01T12:00:20+00:00"})
+def get_timeline():
+    """The model's toy timeline: the buzz playing now (with its end), then the waiting ones in the order they play,
+    each with its purchase, fan, item, start and duration."""
+    model_id = current_user_id()
+    slots = timeline(db(), model_id)
+    playing = [s for s in slots if s["status"] == "playing"]
+    return {"model_id": model_id, "now_playing": playing[0] if playing else None,
+            "waiting": [s for s in slots if s["status"] == "waiting"],
+            "ends_at": slots[-1]["ends_at"] if slots else None}
 
 
 @blp.route("/activations", methods=["GET"])
@@ -218,14 +262,15 @@ def list_activations(query):
 @blp.response(202, ActivationOut, example={**ACTIVATION_EXAMPLE, "status": "pending", "attempts": 0,
                                            "last_error": None})
 @error(404, description="not_found: no activation for this purchase")
-@error(409, description="conflict: the activation is not failed or skipped")
+@error(409, description="conflict: the activation is not failed, skipped or expired")
 def resend(purchase_id):
-    """Send a failed (or skipped) activation again, with a fresh attempt count."""
+    """Send a failed, skipped or expired activation again, with a fresh attempt count and a new slot at the end of
+    the model's timeline."""
     session = db()
     try:
         row = reset_for_resend(session, purchase_id)
     except ValueError as exc:
-        raise ApiError(409, "conflict", f"The activation is {exc}; only failed or skipped ones are re-sent") from None
+        raise ApiError(409, "conflict", f"The activation is {exc}; only failed, skipped or expired ones are re-sent") from None
     if row is None:
         raise ApiError(404, "not_found", "No activation for this purchase")
     audit(session, "lovense.resend", purchase_id, current_user_id())

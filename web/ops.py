@@ -17,6 +17,7 @@ from models.db import engine_for
 from models.infra import metrics
 from models.infra.logs import request_id_var
 from models.schema import at_head
+from models.services.activations import timeline_stats
 from models.purchases import OPEN_QUEUE_STATUSES, Purchase
 from models.types import utcnow
 
@@ -150,6 +151,7 @@ class QueueDepthCollector:
             per_model = select(func.count().label("depth")).where(is_open).group_by(Purchase.model_id).subquery()
             deepest = session.scalar(select(func.coalesce(func.max(per_model.c.depth), 0)))
             oldest = session.scalar(select(func.min(Purchase.created_at)).where(is_open))
+            toys = timeline_stats(session)
         except Exception as exc:  # the database is down: the rest of the scrape still answers
             log.warning("queue depth not collected", extra={"error_type": type(exc).__name__})
             return
@@ -165,6 +167,14 @@ class QueueDepthCollector:
         age = (utcnow() - oldest).total_seconds() if oldest is not None else 0
         yield GaugeMetricFamily("perfmenu_queue_oldest_entry_age_seconds",
                                 "Seconds since the oldest open queue entry was bought (0: no open entry)", value=age)
+        # The toy timelines (docs/architecture.md, "Lovense"), with no label per model.
+        yield GaugeMetricFamily("perfmenu_lovense_timeline_slots", "Toy slots waiting on all models' timelines",
+                                value=toys["waiting"])
+        yield GaugeMetricFamily("perfmenu_lovense_timeline_longest", "Waiting toy slots of the longest timeline",
+                                value=toys["longest"])
+        yield GaugeMetricFamily("perfmenu_lovense_timeline_lag_seconds",
+                                "Seconds the most overdue waiting toy slot is past its start (0: none)",
+                                value=toys["lag"])
 
 
 def init_request_hooks(app) -> None:

@@ -12,7 +12,9 @@ from models.infra import metrics
 from models.ledger import Account
 from models.menus import Menu, MenuItem
 from models.purchases import Purchase, daily_count, delivery_hours_for, purchase_day_of, refusal
+from models.lovense import activation_enabled
 from models.services import performance_queue
+from models.services.activations import slot_of
 from models.services.settlement import open_queue_size_query
 from models.services.verdicts import wait_for_verdict
 from models.types import utcnow
@@ -76,6 +78,8 @@ def purchase_view(p: Purchase) -> dict:
         "failed_at": p.failed_at,
         "refunded_at": p.refunded_at,
         "escrow_deadline": p.escrow_deadline,
+        # Its toy buzz, with its place on the model's timeline (None: the item buzzes no toy, or not yet asked).
+        "toy": slot_of(db(), p.id) if activation_enabled(p.lovense_activation) else None,
         "status_url": url_for("purchases.purchase_status", purchase_id=p.id),
     }
 

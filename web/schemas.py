@@ -101,6 +101,18 @@ class PurchaseRequest(Schema):
             raise ValidationError("Send the item's id as menu_item_id.", "menu_item_id")
 
 
+class ToySlotOut(Schema):
+    """A purchase's toy buzz and its place on the model's timeline (docs/architecture.md, "Lovense")."""
+
+    status = fields.String(metadata={"description": "pending (waiting), playing, sent (played), failed, skipped, "
+                                                    "stopped or expired"})
+    position = fields.Integer(allow_none=True, metadata={"description": "0: playing now; n: n slots ahead"})
+    starts_at = fields.DateTime(allow_none=True)
+    ends_at = fields.DateTime(allow_none=True)
+    reason = fields.String(allow_none=True, metadata={"description": "why it failed, was skipped, stopped or "
+                                                                     "expired"})
+
+
 class PurchaseOut(Schema):
     """A purchase: the seed API's answer and record fields (`_id`, `user_id`, `menu_item_id`, `createdAt`...)
     beside ours."""
@@ -134,6 +146,7 @@ class PurchaseOut(Schema):
     failed_at = fields.DateTime(allow_none=True)
     refunded_at = fields.DateTime(allow_none=True)
     escrow_deadline = fields.DateTime(allow_none=True)
+    toy = fields.Nested(ToySlotOut, allow_none=True)
     status_url = fields.String()
 
 

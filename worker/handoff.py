@@ -1,6 +1,6 @@
 """The web process's one door into the worker: everything the web asks of Celery goes through here, after
 its own commit. Ask for settlement (the Redis protocol is models/services/settle_signal.py), ask for a toy
-activation, run the side effects of a committed queue change, and bind the Celery app to the web's runtime."""
+activation or a Stop, run the side effects of a committed queue change, and bind the Celery app to the web's runtime."""
 from __future__ import annotations
 
 import logging
@@ -8,9 +8,9 @@ import logging
 from models.services import settle_signal
 
 from .celery_app import bind_runtime
-from .tasks import after_queue_change, request_activation, settle_purchases
+from .tasks import after_queue_change, request_activation, request_stop, settle_purchases
 
-__all__ = ["after_queue_change", "connect", "request_activation", "request_settlement"]
+__all__ = ["after_queue_change", "connect", "request_activation", "request_settlement", "request_stop"]
 
 log = logging.getLogger(__name__)
 

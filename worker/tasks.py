@@ -27,9 +27,10 @@ def after_settlement(rt, purchases) -> None:
     """Side effects that follow a committed settlement; none of them can undo it."""
     count_settled(purchases)
     performance_queue.sync(purchases, rt.redis)  # before the verdict, so the waiting request finds its position
+    # Queue OFF: the toy's slot is due timing_offset ms after settlement (Queue ON: when the model starts the entry);
+    # before the verdict, so the answer shows the fan's place on the toy's timeline.
+    _request_activations(rt, [p for p in purchases if p.status == "completed"])
     publish_verdicts(rt.redis, purchases)
-    # Queue OFF: the toy runs timing_offset ms after settlement (Queue ON: when the model starts the entry).
-    _request_activations(p for p in purchases if p.status == "completed")
 
 
 def after_queue_change(rt, purchases) -> None:
@@ -37,24 +38,49 @@ def after_queue_change(rt, purchases) -> None:
     refund); none of them can undo it."""
     count_outcomes(purchases)
     performance_queue.sync(purchases, rt.redis)
-    # A Queue ON item's toy runs timing_offset ms after the model starts the entry.
-    _request_activations(p for p in purchases if p.status == "in_progress")
-
-
-def _request_activations(purchases) -> None:
+    # A Queue ON item's toy slot is due timing_offset ms after the model starts the entry.
+    _request_activations(rt, [p for p in purchases if p.status == "in_progress"])
+    # A started entry refunded (reject, admin, deadline): its buzz stops, or its waiting slot leaves the timeline.
     for p in purchases:
-        if activation_enabled(p.lovense_activation):
-            request_activation(p.id, delay_ms=p.lovense_activation.get("timing_offset") or 0)
+        if p.status == "refunded" and p.started_at is not None and activation_enabled(p.lovense_activation):
+            request_stop(p.model_id, p.id, f"purchase_{p.status}")
 
 
-def request_activation(purchase_id, delay_ms: int = 0) -> None:
-    """Ask for the purchase's toy activation in `delay_ms` ms. Safe to call more than once: one activation per
-    purchase. Does nothing unless the purchase's lovense_activation is enabled; never raises."""
+def _request_activations(rt, purchases) -> None:
+    """Give each purchase's activation its slot on the model's timeline, in this order (settlement order), and ask
+    for it at the slot's start. If the slots cannot be written now, the task gives them when it runs."""
+    purchases = [p for p in purchases if activation_enabled(p.lovense_activation)]
+    if not purchases:
+        return
+    slots = {}
     try:
-        activate_toy.apply_async(args=[str(purchase_id)], countdown=max(0, int(delay_ms or 0)) / 1000)
+        with rt.session_scope() as session:
+            slots = activations.schedule_all(session, purchases)
+            session.commit()
     except Exception:
-        # A toy that does not buzz never undoes or blocks a purchase; an operator can re-send it.
+        log.exception("toy slots not scheduled", extra={"purchase_ids": [str(p.id) for p in purchases]})
+    for p in purchases:
+        request_activation(p.id, at=slots.get(p.id))
+
+
+def request_activation(purchase_id, at=None) -> None:
+    """Ask for the purchase's toy activation at `at` (its slot's start; None: now). Safe to call more than once: one
+    activation per purchase. Does nothing unless the purchase's lovense_activation is enabled; never raises."""
+    countdown = max(0.0, (at - utcnow()).total_seconds()) if at is not None else 0
+    try:
+        activate_toy.apply_async(args=[str(purchase_id)], countdown=countdown)
+    except Exception:
+        # A toy that does not buzz never undoes or blocks a purchase; beat's sweep or an operator asks again.
         log.exception("activation hand-off failed", extra={"purchase_id": str(purchase_id)})
+
+
+def request_stop(model_id, purchase_id=None, reason: str = "stopped", uid: str | None = None) -> None:
+    """Ask for a Stop of the model's playing buzz (only purchase_id's, if given); never raises."""
+    try:
+        stop_toy.apply_async(args=[str(model_id), str(purchase_id) if purchase_id else None, reason, uid])
+    except Exception:
+        # The buzz ends on its own at its slot's end.
+        log.exception("stop hand-off failed", extra={"model_id": str(model_id)})
 
 
 def outcome_of(p) -> str:
@@ -166,29 +192,35 @@ ACTIVATION_SWEEP_GRACE = timedelta(seconds=30)
 ACTIVATION_SWEEP_WINDOW = timedelta(days=1)
 
 
-def sweep_activations(now=None) -> int:
+def sweep_activations(now=None, rt=None) -> int:
     """Beat's safety net for toy activations whose task was lost (a Redis restart empties the broker): ask
-    again for every recent purchase that should have one and has no row, or whose pending row's lease ran out.
-    Asking twice is safe: one activation per purchase, and a claimed row is left to its task."""
+    again for every recent purchase that should have one and has no row, or whose waiting slot is overdue and
+    unclaimed (or its lease ran out). Asking twice is safe: one activation per purchase, a claimed row is left to
+    its task, and a slot that is not first on its timeline waits. With the kill switch on, it stops playing toys."""
+    rt = rt or runtime()
     now = now or utcnow()
-    with runtime().session_scope() as session:
+    overdue = now - ACTIVATION_SWEEP_GRACE
+    with rt.session_scope() as session:
         missing = session.scalars(
             select(Purchase)
             .outerjoin(LovenseActivation, LovenseActivation.purchase_id == Purchase.id)
             .where(LovenseActivation.id.is_(None),
                    or_(Purchase.status == "completed", Purchase.started_at.is_not(None)),
                    Purchase.created_at > now - ACTIVATION_SWEEP_WINDOW,
-                   Purchase.created_at < now - ACTIVATION_SWEEP_GRACE)
+                   Purchase.created_at < overdue)
         ).all()
         due = [p.id for p in missing if activation_enabled(p.lovense_activation)]
         due += list(session.scalars(
             select(LovenseActivation.purchase_id).where(
                 LovenseActivation.status == "pending",
-                or_(LovenseActivation.locked_until.is_(None),
-                    LovenseActivation.locked_until < now - ACTIVATION_SWEEP_GRACE))
+                or_(LovenseActivation.starts_at.is_(None), LovenseActivation.starts_at < overdue),
+                or_(LovenseActivation.locked_until.is_(None), LovenseActivation.locked_until < overdue))
         ))
+        playing = [] if rt.settings.lovense_enabled else activations.playing_models(session, now)
     for purchase_id in due:
         request_activation(purchase_id)
+    for model_id in playing:
+        request_stop(model_id, reason="disabled")
     if due:
         log.info("toy activations asked for again", extra={"purchase_ids": [str(i) for i in due]})
     return len(due)
@@ -208,4 +240,24 @@ def activate_toy(purchase_id, claim=None) -> dict:
         if celery.conf.task_always_eager:
             time.sleep(step.delay)  # embedded mode runs tasks inline, where a countdown would be ignored
         activate_toy.apply_async(args=[str(purchase_id), step.claim], countdown=step.delay)
+    _follow(step)
+    return {"outcome": step.status, "reason": step.reason}
+
+
+def _follow(step) -> None:
+    """A slot was sent or left the timeline: ask for the model's next waiting slot at its (new) start."""
+    if step.follow is not None:
+        request_activation(step.follow[0], at=step.follow[1])
+
+
+@celery.task(name="perfmenu.stop_toy")
+def stop_toy(model_id, purchase_id=None, reason="stopped", uid=None) -> dict:
+    """Stop a model's playing buzz (models/services/activations.stop); re-enqueues itself while a command is in
+    flight."""
+    step = activations.stop(runtime(), model_id, purchase_id, reason, uid)
+    if step.delay is not None:
+        if celery.conf.task_always_eager:
+            time.sleep(step.delay)
+        stop_toy.apply_async(args=[model_id, purchase_id, reason, uid], countdown=step.delay)
+    _follow(step)
     return {"outcome": step.status, "reason": step.reason}

@@ -37,7 +37,13 @@ SETTLEMENT_LATENCY = Histogram(
 LOVENSE_ATTEMPTS = Counter("perfmenu_lovense_attempts_total", "Lovense activation attempts by result", ["result"])
 for _result in ("sent", "retry", "failed"):
     LOVENSE_ATTEMPTS.labels(result=_result)  # every series scraped from the start, at 0
-# Queue depth per model is computed at scrape time from the database (web/ops.py), so it is always right.
+# How late each toy buzz started against its slot as first planned (0: on time; a retry or a busy toy adds up).
+LOVENSE_SLOT_LAG = Histogram(
+    "perfmenu_lovense_slot_lag_seconds", "Seconds a sent toy command started after its timeline slot",
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300),
+)
+# The timeline's length and lag (waiting slots, the longest model timeline, the most overdue slot) and queue
+# depth per model are computed at scrape time from the database (web/ops.py), so it is always right.
 
 
 def multiprocess_dir() -> str | None:

@@ -1,7 +1,17 @@
-"""Toy activations: one per purchase, one command in flight per model, a per-model rate cap, retries.
+"""Toy activations: one per purchase, on its model's timeline, one command in flight per model, a per-model rate
+cap, retries (docs/architecture.md, "Lovense").
+
+The timeline: `schedule` gives an activation a slot (starts_at..ends_at, as long as the toy will play it) at the end
+of its model's timeline, in the order it is called (settlement order; Queue ON: when the model starts the entry).
+A slot is sent only when it is the model's first waiting slot and its start has come. Whenever a slot is sent
+(its end is now known) or leaves the timeline (failed, skipped, expired, stopped), `replan` lays the waiting slots
+back to back again after the playing one, and the task asks for the new first slot at its start (`Next.follow`).
+The database holds all of it, so a lost task, a restart or a duplicate neither skips, doubles nor stalls a slot.
 
 `run(runtime, purchase_id, claim)` does one step for one purchase and returns what the task should do next:
-- it creates the purchase's activation row if missing (UNIQUE purchase_id) and claims it atomically (an UPDATE
+- it gives the purchase a slot if it has none (a lost hand-off) and waits for its turn;
+- a Queue OFF buzz more than LOVENSE_FRESHNESS_SECONDS late for its slot expires instead of playing late;
+- it claims the row atomically (an UPDATE
   that only succeeds if the row is `pending` and unclaimed, or claimed by this task's own `claim` token, or its
   lease ran out), so a task delivered twice sends at most one command;
 - skips (kill switch, no developer token, unpaired model) or fails (invalid snapshot) without sending;
@@ -21,16 +31,16 @@ import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import or_, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import and_, func, or_, select, update
 
 from ..audit import audit
-from ..infra.metrics import LOVENSE_ATTEMPTS
+from ..infra.metrics import LOVENSE_ATTEMPTS, LOVENSE_SLOT_LAG
 from ..lovense import LovenseActivation, LovenseLink, activation_enabled, toy_unavailable
 from ..menus import Menu, MenuItem
 from ..purchases import Purchase
 from ..types import utcnow
-from .lovense_api import InvalidActivation, build_command, client_for
+from ..users import User
+from .lovense_api import STOP, InvalidActivation, build_command, client_for, played_ms
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +48,7 @@ log = logging.getLogger(__name__)
 ACTIVATABLE_STATUSES = ("completed", "in_progress")
 LEASE_MARGIN_SECONDS = 30
 BUSY_RETRY_SECONDS = 0.25  # the model's lock is held: try again soon
+EARLY_SECONDS = 0.01  # a task this close to its slot's start sends now
 
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
 
@@ -51,6 +62,7 @@ class Next:
     delay: float | None = None
     claim: str | None = None
     reason: str | None = None
+    follow: tuple | None = None  # (purchase id, starts_at) of the model's first waiting slot, to be asked for
 
 
 def backoff(attempt: int, settings) -> float:
@@ -90,13 +102,128 @@ def take_rate_slot(redis, model_id, limit: int, window_seconds: int, now: float 
     return (window + 1) * window_seconds - now
 
 
-def _ensure_row(session, purchase: Purchase) -> None:
-    if session.scalar(select(LovenseActivation.id).where(LovenseActivation.purchase_id == purchase.id)) is None:
-        try:
-            with session.begin_nested():
-                session.add(LovenseActivation(purchase_id=purchase.id, model_id=purchase.model_id))
-        except IntegrityError:
-            pass  # a concurrent delivery created it
+A = LovenseActivation
+WAITING = A.status == "pending"
+
+
+def _playing(now):
+    """Rows whose buzz is on the toy now."""
+    return and_(A.status == "sent", A.ends_at > now)
+
+
+def _lock_timeline(session, model_id) -> None:
+    """Serialises every change of one model's timeline (the model's user row; SQLite serialises writes anyway)."""
+    session.scalar(select(User.id).where(User.id == model_id).with_for_update())
+
+
+def _row(session, purchase_id) -> LovenseActivation | None:
+    return session.scalar(select(A).where(A.purchase_id == purchase_id))
+
+
+def _slot_length(spec) -> timedelta:
+    try:
+        return timedelta(milliseconds=played_ms(spec))
+    except InvalidActivation:
+        return timedelta(0)  # run() fails it without sending
+
+
+def schedule(session, purchase: Purchase, now=None) -> LovenseActivation:
+    """The purchase's activation with a slot: a new one starts timing_offset ms from now or when the model's last
+    waiting or playing slot ends, whichever is later. A row that has a slot keeps it. The caller commits."""
+    now = now or utcnow()
+    _lock_timeline(session, purchase.model_id)
+    row = _row(session, purchase.id)
+    if row is not None and row.starts_at is not None:
+        return row
+    if row is None:
+        row = LovenseActivation(purchase_id=purchase.id, model_id=purchase.model_id, status="pending", attempts=0)
+        session.add(row)
+        session.flush()
+    spec = purchase.lovense_activation or {}
+    due = now + timedelta(milliseconds=max(0, int(spec.get("timing_offset") or 0)))
+    tail = session.scalar(select(func.max(A.ends_at)).where(A.model_id == purchase.model_id, A.id != row.id,
+                                                            or_(WAITING, _playing(now))))
+    start = max(due, tail) if tail is not None else due
+    row.due_at, row.scheduled_at, row.starts_at = due, start, start
+    row.ends_at = start + _slot_length(spec)
+    session.flush()
+    return row
+
+
+def schedule_all(session, purchases, now=None) -> dict:
+    """`schedule` each purchase in the given order (settlement order); {purchase id: slot start}. Locks the
+    models' timelines in id order first, so two callers never deadlock."""
+    for model_id in sorted({p.model_id for p in purchases}, key=str):
+        _lock_timeline(session, model_id)
+    return {p.id: schedule(session, p, now).starts_at for p in purchases}
+
+
+def replan(session, model_id, now=None) -> tuple | None:
+    """Lay the model's waiting slots back to back again, in their order, after the playing one (or from now;
+    never before a slot's due_at). Returns (purchase id, starts_at) of the first waiting slot, or None. The caller
+    holds the timeline lock and commits."""
+    now = now or utcnow()
+    anchor = session.scalar(select(func.max(A.ends_at)).where(A.model_id == model_id, _playing(now))) or now
+    anchor = max(anchor, now)
+    first = None
+    for row in session.scalars(select(A).where(A.model_id == model_id, WAITING, A.starts_at.is_not(None))
+                               .order_by(A.starts_at, A.id)):
+        length = row.ends_at - row.starts_at
+        row.starts_at = max(row.due_at or now, anchor)
+        row.ends_at = anchor = row.starts_at + length
+        first = first or (row.purchase_id, row.starts_at)
+    session.flush()
+    return first
+
+
+def _first_waiting(session, model_id):
+    return session.scalar(select(A.purchase_id).where(A.model_id == model_id, WAITING, A.starts_at.is_not(None))
+                          .order_by(A.starts_at, A.id).limit(1))
+
+
+def timeline(session, model_id, now=None) -> list[dict]:
+    """The model's timeline: what plays now, then what waits, in order, each with its purchase, fan and item."""
+    now = now or utcnow()
+    rows = session.execute(
+        select(A, Purchase).join(Purchase, Purchase.id == A.purchase_id)
+        .where(A.model_id == model_id, or_(and_(WAITING, A.starts_at.is_not(None)), _playing(now)))
+        .order_by(A.starts_at, A.id)).all()
+    return [{"purchase_id": a.purchase_id, "fan_id": p.fan_id, "item_id": p.item_id, "item_name": p.item_name,
+             "status": "playing" if a.status == "sent" else "waiting", "position": i,
+             "starts_at": a.starts_at, "ends_at": a.ends_at,
+             "duration_seconds": (a.ends_at - a.starts_at).total_seconds()} for i, (a, p) in enumerate(rows)]
+
+
+def slot_of(session, purchase_id, now=None) -> dict | None:
+    """A purchase's toy activation as its fan sees it: status, and while it waits or plays, its place on the
+    model's timeline (0: playing now; n: n slots ahead of it) and its slot."""
+    now = now or utcnow()
+    row = _row(session, purchase_id)
+    if row is None:
+        return None
+    view = {"status": row.status, "position": None, "starts_at": row.starts_at, "ends_at": row.ends_at,
+            "reason": row.last_error}
+    on_timeline = row.starts_at is not None and (row.status == "pending" or
+                                                 (row.status == "sent" and row.ends_at > now))
+    if row.status == "sent" and on_timeline:
+        view["status"] = "playing"
+    if on_timeline:
+        view["position"] = session.scalar(select(func.count()).select_from(A).where(
+            A.model_id == row.model_id, or_(and_(WAITING, A.starts_at.is_not(None)), _playing(now)),
+            or_(A.starts_at < row.starts_at, and_(A.starts_at == row.starts_at, A.id < row.id))))
+    return view
+
+
+def timeline_stats(session, now=None) -> dict:
+    """For the metrics: waiting slots of all models, the longest model timeline and how late the most overdue
+    waiting slot is (seconds past its start; 0 if none)."""
+    now = now or utcnow()
+    waiting = and_(WAITING, A.starts_at.is_not(None))
+    per_model = select(func.count().label("n")).where(waiting).group_by(A.model_id).subquery()
+    oldest = session.scalar(select(func.min(A.starts_at)).where(waiting))
+    return {"waiting": session.scalar(select(func.count()).select_from(A).where(waiting)),
+            "longest": session.scalar(select(func.coalesce(func.max(per_model.c.n), 0))),
+            "lag": max(0.0, (now - oldest).total_seconds()) if oldest is not None else 0.0}
 
 
 def _claim(session, purchase_id, mine: str | None, lease_seconds: float) -> str | None:
@@ -115,27 +242,31 @@ def _claim(session, purchase_id, mine: str | None, lease_seconds: float) -> str 
 
 
 def _finish(runtime, purchase_id, claim: str, status: str, error: str | None = None,
-            attempted: bool = False) -> Next:
-    """Record a final outcome (sent, failed, skipped) if this task still holds the claim."""
+            attempted: bool = False, started=None) -> Next:
+    """Record a final outcome (sent, failed, skipped, expired) if this task still holds the claim; a sent slot
+    plays from `started` for its length. Then the model's waiting slots move up (`replan`)."""
     now = utcnow()
-    values = {"status": status, "last_error": error, "claim_token": None, "locked_until": None, "updated_at": now}
-    if attempted:
-        values.update(attempts=LovenseActivation.attempts + 1, last_attempt_at=now)
-    if status == "sent":
-        values["sent_at"] = now
+    follow = None
     with runtime.session_scope() as session:
-        row = session.execute(
-            update(LovenseActivation)
-            .where(LovenseActivation.purchase_id == purchase_id, LovenseActivation.claim_token == claim)
-            .values(**values)
-            .returning(LovenseActivation.attempts)
-            .execution_options(synchronize_session=False)
-        ).first()
+        model_id = session.scalar(select(A.model_id).where(A.purchase_id == purchase_id))
+        _lock_timeline(session, model_id)
+        row = session.scalar(select(A).where(A.purchase_id == purchase_id, A.claim_token == claim))
         if row is not None:
-            audit(session, f"lovense.{status}", purchase_id, error=error, attempts=row[0])
+            row.status, row.last_error, row.claim_token, row.locked_until, row.updated_at = \
+                status, error, None, None, now
+            if attempted:
+                row.attempts, row.last_attempt_at = row.attempts + 1, now
+            if status == "sent":
+                row.sent_at = now
+                if row.starts_at is not None:
+                    length = row.ends_at - row.starts_at
+                    row.starts_at, row.ends_at = started, started + length
+            session.flush()
+            audit(session, f"lovense.{status}", purchase_id, error=error, attempts=row.attempts)
+            follow = replan(session, model_id, now)
         session.commit()
     log.info("lovense activation %s", status, extra={"purchase_id": str(purchase_id), "error": error})
-    return Next(status, reason=error)
+    return Next(status, reason=error, follow=follow)
 
 
 def _again(runtime, purchase_id, claim: str, delay: float, lease: float, error: str | None = None) -> Next:
@@ -159,28 +290,46 @@ def run(runtime, purchase_id, claim: str | None = None) -> Next:
     settings = runtime.settings
     purchase_id = uuid.UUID(str(purchase_id))
     lease = settings.lovense_connect_timeout + settings.lovense_read_timeout + LEASE_MARGIN_SECONDS
+    now = utcnow()
     with runtime.session_scope() as session:
         purchase = session.get(Purchase, purchase_id)
         if purchase is None or not activation_enabled(purchase.lovense_activation):
             return Next("none")
         activatable = purchase.status in ACTIVATABLE_STATUSES
-        if activatable or purchase.started_at is not None:
-            _ensure_row(session, purchase)  # a started entry refunded since gets a row too, finished as skipped
+        row = _row(session, purchase_id)
+        if row is None and not (activatable or purchase.started_at is not None):
+            return Next("none")  # never started: nothing to play and nothing to record
+        if row is None or (row.starts_at is None and row.status == "pending"):
+            row = schedule(session, purchase, now)  # its hand-off was lost: the end of the timeline
+            session.commit()
+        if row.status != "pending":
+            return Next("duplicate")
+        link = session.get(LovenseLink, purchase.model_id)
+        uid = link.uid if link is not None else None
+        unavailable = toy_unavailable(settings, uid is not None)
+        if activatable and claim is None and unavailable is None:
+            # Its turn: the model's first waiting slot, at its start. Otherwise the slot before it asks for it.
+            if _first_waiting(session, purchase.model_id) != purchase_id:
+                return Next("waiting")
+            wait = (row.starts_at - now).total_seconds()
+            if wait > EARLY_SECONDS:
+                return Next("pending", delay=wait)
+        late = activatable and purchase.transaction_type == "immediate" and row.scheduled_at is not None and \
+            (now - row.scheduled_at).total_seconds() > settings.lovense_freshness_seconds
         token = _claim(session, purchase_id, claim, lease)
         session.commit()
         if token is None:
-            # Another delivery owns it, it is already done, or (not activatable) there is no row to finish.
-            return Next("duplicate" if activatable else "none")
+            return Next("duplicate")  # another delivery owns it, or it is done
         if not activatable:
             # Refunded after the model started it, before the toy was reached: never buzz, never leave it pending.
             return _finish(runtime, purchase_id, token, "skipped", f"purchase_{purchase.status}")
-        row = session.scalar(select(LovenseActivation).where(LovenseActivation.purchase_id == purchase_id))
-        link = session.get(LovenseLink, purchase.model_id)
-        model_id, spec, attempts = purchase.model_id, purchase.lovense_activation, row.attempts
-        uid = link.uid if link is not None else None
-    unavailable = toy_unavailable(settings, uid is not None)
-    if unavailable is not None:
-        return _finish(runtime, purchase_id, token, "skipped", unavailable)
+        if unavailable is not None:
+            # Nothing can buzz (kill switch, no token, unpaired): it leaves the timeline without waiting its turn.
+            return _finish(runtime, purchase_id, token, "skipped", unavailable)
+        if late:
+            return _finish(runtime, purchase_id, token, "expired", "too_late")
+        model_id, spec, attempts, scheduled_at = purchase.model_id, purchase.lovense_activation, row.attempts, \
+            row.scheduled_at
     try:
         command = build_command(spec)
     except InvalidActivation:
@@ -195,12 +344,16 @@ def run(runtime, purchase_id, claim: str | None = None) -> Next:
         if wait > 0:
             return _again(runtime, purchase_id, token, wait + random.uniform(0, 0.5), lease)
         outcome = client_for(settings).send(uid, command)
+        # The toy has it by now: its slot runs from here, so the next one never cuts it short.
+        started = utcnow()
     finally:
         release_model_lock(redis, model_id, lock)
 
     if outcome.ok:
         LOVENSE_ATTEMPTS.labels(result="sent").inc()
-        return _finish(runtime, purchase_id, token, "sent", attempted=True)
+        if scheduled_at is not None:
+            LOVENSE_SLOT_LAG.observe(max(0.0, (started - scheduled_at).total_seconds()))
+        return _finish(runtime, purchase_id, token, "sent", attempted=True, started=started)
     attempt = attempts + 1
     if outcome.retryable and attempt < settings.lovense_max_attempts:
         LOVENSE_ATTEMPTS.labels(result="retry").inc()
@@ -211,18 +364,74 @@ def run(runtime, purchase_id, claim: str | None = None) -> Next:
     return _finish(runtime, purchase_id, token, "failed", outcome.error, attempted=True)
 
 
+def stop(runtime, model_id, purchase_id=None, reason: str = "stopped", uid: str | None = None) -> Next:
+    """End a buzz before its time: the model's playing slot (only purchase_id's, if given) gets a Stop and
+    becomes `stopped` at this moment; a refunded entry's waiting slot leaves the timeline (`skipped`). The waiting
+    slots then move up (`follow`). `uid` is for an unpairing, whose link is already gone."""
+    settings = runtime.settings
+    model_id = uuid.UUID(str(model_id))
+    lease = settings.lovense_connect_timeout + settings.lovense_read_timeout + LEASE_MARGIN_SECONDS
+    now = utcnow()
+    with runtime.session_scope() as session:
+        mine = A.model_id == model_id
+        if purchase_id is not None:
+            mine = and_(mine, A.purchase_id == uuid.UUID(str(purchase_id)))
+        playing = list(session.scalars(select(A.id).where(mine, _playing(now))))
+        link = session.get(LovenseLink, model_id)
+        uid = uid or (link.uid if link is not None else None)
+        waiting = purchase_id is not None and session.scalar(select(A.id).where(mine, WAITING)) is not None
+        token = _claim(session, purchase_id, None, lease) if waiting else None
+        session.commit()
+    if token is not None:
+        return _finish(runtime, purchase_id, token, "skipped", reason)
+    if not playing:
+        return Next("none")
+    lock = acquire_model_lock(runtime.redis, model_id,
+                              settings.lovense_connect_timeout + settings.lovense_read_timeout + 5)
+    if lock is None:
+        return Next("pending", delay=BUSY_RETRY_SECONDS * random.uniform(1, 2))
+    try:
+        # The kill switch stops toys too; only a missing developer token or uid leaves nothing to tell Lovense.
+        if uid and settings.lovense_developer_token:
+            outcome = client_for(settings).send(uid, STOP)
+            if not outcome.ok:
+                log.warning("lovense stop not delivered", extra={"model_id": str(model_id), "error": outcome.error})
+        with runtime.session_scope() as session:
+            _lock_timeline(session, model_id)
+            ended = utcnow()
+            for row in session.scalars(select(A).where(A.id.in_(playing), A.status == "sent")):
+                row.status, row.last_error, row.ends_at, row.updated_at = "stopped", reason[:40], ended, ended
+                audit(session, "lovense.stopped", row.purchase_id, error=reason)
+            follow = replan(session, model_id, ended)
+            session.commit()
+    finally:
+        release_model_lock(runtime.redis, model_id, lock)
+    log.info("lovense stopped", extra={"model_id": str(model_id), "reason": reason})
+    return Next("stopped", reason=reason, follow=follow)
+
+
+def playing_models(session, now=None) -> list:
+    """Models whose toy plays a slot now (the kill switch stops them)."""
+    now = now or utcnow()
+    return list(session.scalars(select(A.model_id).where(_playing(now)).distinct()))
+
+
+RESENDABLE = ("failed", "skipped", "expired")
+
+
 def reset_for_resend(session, purchase_id) -> LovenseActivation | None:
     """Admin re-send: a failed or skipped activation goes back to pending with a fresh attempt count.
-    Returns the row, or None if there is none; raises ValueError if it is not failed or skipped."""
+    Returns the row, or None if there is none; raises ValueError if it is not failed, skipped or expired."""
     row = session.scalar(
         select(LovenseActivation).where(LovenseActivation.purchase_id == purchase_id).with_for_update()
     )
     if row is None:
         return None
-    if row.status not in ("failed", "skipped"):
+    if row.status not in RESENDABLE:
         raise ValueError(row.status)
     row.status, row.attempts, row.last_error = "pending", 0, None
     row.claim_token, row.locked_until, row.updated_at = None, None, utcnow()
+    row.starts_at = row.ends_at = None  # a new slot at the end of the model's timeline, given when its task runs
     return row
 
 

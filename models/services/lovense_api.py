@@ -3,15 +3,19 @@
 `build_command` turns an item's lovense_activation snapshot into the command body (without token and uid);
 `LovenseClient.send` posts it and classifies the outcome; `LovenseClient.qr_code` asks for a pairing QR code.
 
-How an activation becomes a command:
-- pattern `steady` and `custom`: `Function` with actions from device_type and intensity. `custom` has no
-  shape Lovense could be told about, so the toy runs the item's actions steadily for the whole duration
-  (the closest thing to what was bought; a fan-driven custom pattern would be a separate feature).
-- pattern `pulse` and `wave`: `Preset` with that name (a preset has Lovense's own strength curve, so the
-  intensity is not sent).
-- device_type `vibrator` -> `Vibrate:N`; `pump` -> `Pump:M`; `all` -> `Vibrate:N,Rotate:N,Pump:M`, where N is
-  the intensity clamped to 0..20 and M = ceil(N * 3 / 20) (0..3: any positive intensity moves the pump).
-- timeSec = duration_ms rounded up to whole seconds, at least 1.
+How an activation becomes a command (the Standard API's Function, Pattern, Preset and Stop):
+- pattern `steady`: `Function` with actions from device_type and intensity.
+- pattern `custom` with `strengths` (0..20 each, one step every `interval_ms`, default 1000): `Pattern` with rule
+  "V:1;F:<v|p|vrp>;S:<interval_ms>#" and strength "a;b;c" (the toy loops it for timeSec). `custom` without
+  strengths has no shape Lovense could be told about: it runs the item's actions steadily (`Function`).
+- pattern `pulse`, `wave`, `fireworks`, `earthquake`: `Preset` with that name (a preset has Lovense's own
+  strength curve, so the intensity is not sent).
+- device_type `vibrator` -> `Vibrate:N`; `pump` -> `Pump:M`; `all` -> `All:N` (every function the toy has: vibration,
+  rotation, thrusting, suction...), where N is the intensity clamped to 0..20 and M = ceil(N * 3 / 20) (0..3: any
+  positive intensity moves the pump).
+- timeSec = duration_ms rounded up to whole seconds, at least 2 (Lovense takes 0 = forever or more than 1, so a
+  shorter item plays 2 s; `played_ms` is that length, the length of the item's slot on the timeline).
+- `STOP` (`Function` with action `Stop`) ends whatever the toy plays.
 
 The developer token travels only in the request body; nothing here logs a body, a token or a utoken.
 """
@@ -27,8 +31,11 @@ from ..lovense import DEVICE_TYPES, PATTERNS
 
 COMMAND_PATH = "/api/lan/v2/command"
 QR_PATH = "/api/lan/getQrCode"
-MAX_STRENGTH = {"Vibrate": 20, "Rotate": 20, "Pump": 3}
-PRESETS = ("pulse", "wave")
+MAX_STRENGTH = {"Vibrate": 20, "Pump": 3}
+PRESETS = ("pulse", "wave", "fireworks", "earthquake")
+MIN_TIME_SEC = 2  # Lovense: timeSec is 0 (run until stopped) or greater than 1
+STOP = {"command": "Function", "action": "Stop", "timeSec": 0, "apiVer": 1}
+PATTERN_FEATURES = {"vibrator": "v", "pump": "p", "all": "vrp"}
 # Reply codes (HTTP 200) that no retry can fix: invalid command, invalid parameter, invalid token,
 # no permission, invalid user id. 507 (the model's Lovense app is offline) is worth retrying.
 RETRYABLE_CODES = {507}
@@ -42,25 +49,48 @@ def _clamp(value: int, action: str) -> int:
     return max(0, min(MAX_STRENGTH[action], value))
 
 
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def time_sec(spec: dict) -> int:
+    """Whole seconds the toy plays for a snapshot: duration_ms rounded up, at least MIN_TIME_SEC."""
+    duration_ms = spec.get("duration_ms") if isinstance(spec, dict) else None
+    if not _is_int(duration_ms) or duration_ms <= 0:
+        raise InvalidActivation("duration_ms must be an integer > 0")
+    return max(MIN_TIME_SEC, math.ceil(duration_ms / 1000))
+
+
+def played_ms(spec: dict) -> int:
+    """The length of the snapshot's slot on the model's timeline: what the toy is told to play."""
+    return time_sec(spec) * 1000
+
+
 def build_command(spec: dict) -> dict:
     """The command body for a lovense_activation snapshot (token and uid are added by the client)."""
     device, pattern = spec.get("device_type"), spec.get("pattern") or "steady"
-    intensity, duration_ms = spec.get("intensity"), spec.get("duration_ms")
+    intensity, seconds = spec.get("intensity"), time_sec(spec)
     if device not in DEVICE_TYPES or pattern not in PATTERNS:
         raise InvalidActivation("unknown device_type or pattern")
-    if not all(isinstance(v, int) and not isinstance(v, bool) for v in (intensity, duration_ms)) or duration_ms <= 0:
-        raise InvalidActivation("intensity and duration_ms must be integers, duration_ms > 0")
-    time_sec = max(1, math.ceil(duration_ms / 1000))
+    if not _is_int(intensity):
+        raise InvalidActivation("intensity must be an integer")
     if pattern in PRESETS:
-        return {"command": "Preset", "name": pattern, "timeSec": time_sec, "apiVer": 1}
+        return {"command": "Preset", "name": pattern, "timeSec": seconds, "apiVer": 1}
+    strengths, interval = spec.get("strengths"), spec.get("interval_ms") or 1000
+    if pattern == "custom" and strengths:
+        if not isinstance(strengths, list) or not all(_is_int(v) for v in strengths) or not _is_int(interval):
+            raise InvalidActivation("strengths must be integers")
+        return {"command": "Pattern", "rule": f"V:1;F:{PATTERN_FEATURES[device]};S:{max(100, interval)}#",
+                "strength": ";".join(str(_clamp(v, "Vibrate")) for v in strengths[:50]), "timeSec": seconds,
+                "apiVer": 2}
     strength = _clamp(intensity, "Vibrate")
     pump = _clamp(math.ceil(strength * MAX_STRENGTH["Pump"] / MAX_STRENGTH["Vibrate"]), "Pump")
     actions = {
         "vibrator": [f"Vibrate:{strength}"],
         "pump": [f"Pump:{pump}"],
-        "all": [f"Vibrate:{strength}", f"Rotate:{strength}", f"Pump:{pump}"],
+        "all": [f"All:{strength}"],
     }[device]
-    return {"command": "Function", "action": ",".join(actions), "timeSec": time_sec, "apiVer": 1}
+    return {"command": "Function", "action": ",".join(actions), "timeSec": seconds, "apiVer": 1}
 
 
 @dataclass(frozen=True)
