@@ -81,10 +81,13 @@ def rotate_refresh(session, session_id, presented_jti: str) -> AuthSession | Non
 
 
 def revoke_session(session, session_id, reason: str) -> None:
-    session.execute(update(AuthSession).where(AuthSession.id == session_id, AuthSession.revoked_at.is_(None))
-                    .values(revoked_at=utcnow(), revoked_reason=reason))
+    _revoke(session, AuthSession.id == session_id, reason)
 
 
 def revoke_user_sessions(session, user_id, reason: str) -> None:
-    session.execute(update(AuthSession).where(AuthSession.user_id == user_id, AuthSession.revoked_at.is_(None))
+    _revoke(session, AuthSession.user_id == user_id, reason)
+
+
+def _revoke(session, which, reason: str) -> None:
+    session.execute(update(AuthSession).where(which, AuthSession.revoked_at.is_(None))
                     .values(revoked_at=utcnow(), revoked_reason=reason))

@@ -152,16 +152,24 @@ def statement(session, model_id, start: date, end: date, tz, limit: int, offset:
     }
 
 
+def _earnings_account(model_id):
+    return select(Account.id).where(Account.owner_id == model_id, Account.kind == "earnings").scalar_subquery()
+
+
+def unpaid_earnings(session, model_id) -> int:
+    """What is payable to a model now: its earnings account's balance."""
+    return int(session.scalar(select(Account.balance).where(Account.id == _earnings_account(model_id))) or 0)
+
+
 def payouts_of(session, model_id, first: datetime, after: datetime) -> dict:
-    """Paid out in the period, paid out ever, and what is still payable (the earnings account's balance)."""
-    earnings = select(Account.id).where(Account.owner_id == model_id, Account.kind == "earnings").scalar_subquery()
+    """Paid out in the period, paid out ever, and what is still payable."""
     paid = select(func.coalesce(func.sum(LedgerEntry.amount), 0)).where(
-        LedgerEntry.kind == "payout", LedgerEntry.debit_account_id == earnings)
+        LedgerEntry.kind == "payout", LedgerEntry.debit_account_id == _earnings_account(model_id))
     return {
         "paid_in_period": int(session.scalar(paid.where(LedgerEntry.created_at >= first,
                                                         LedgerEntry.created_at < after))),
         "paid_total": int(session.scalar(paid)),
-        "unpaid": int(session.scalar(select(Account.balance).where(Account.id == earnings)) or 0),
+        "unpaid": unpaid_earnings(session, model_id),
     }
 
 

@@ -422,6 +422,10 @@ class Client:
         recorder.payout(status, data)
 
 
+def error_code(data) -> str | None:
+    return data.get("error", {}).get("code") if isinstance(data, dict) and "error" in data else None
+
+
 class Recorder:
     def __init__(self):
         self.lock = threading.Lock()
@@ -440,7 +444,7 @@ class Recorder:
 
     def action(self, name, status, data):
         with self.lock:
-            code = data.get("error", {}).get("code") if isinstance(data, dict) and "error" in data else None
+            code = error_code(data)
             self.responses[f"{name} {status}{':' + code if code else ''}"] += 1
             if status is None or status == 503 or status == 409:  # a fault, or the entry moved meanwhile
                 return
@@ -451,7 +455,7 @@ class Recorder:
 
     def payout(self, status, data):
         with self.lock:
-            code = data.get("error", {}).get("code") if isinstance(data, dict) and "error" in data else None
+            code = error_code(data)
             self.responses[f"payout {status}{':' + code if code else ''}"] += 1
             # Paid (201), the same key again (200), more than is unpaid (422), or a fault.
             if status not in (None, 200, 201, 503) and code != "insufficient_earnings":
@@ -459,7 +463,7 @@ class Recorder:
 
     def __call__(self, fan, key, body, status, data, replay=None):
         with self.lock:
-            code = data.get("error", {}).get("code") if isinstance(data, dict) and "error" in data else None
+            code = error_code(data)
             self.responses[f"{status}{':' + code if code else ''}"] += 1
             if isinstance(status, int) and status >= 500 and status != 503:
                 self.anomalies.append(f"HTTP {status} {code} for a purchase")

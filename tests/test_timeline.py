@@ -18,7 +18,7 @@ from models.runtime import Runtime
 from worker.celery_app import celery
 from worker.tasks import sweep_activations
 
-from test_lovense import buy, pair, paired_model_with
+from test_lovense import buy, paired_model_with
 
 pytestmark = pytest.mark.usefixtures("celery_worker")
 COMMAND = "/api/lan/v2/command"

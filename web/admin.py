@@ -117,6 +117,24 @@ class BooksOut(Schema):
     differences = fields.List(fields.Dict())
 
 
+def required_idempotency_key(body) -> str:
+    """The key an operator's money movement must carry: the `Idempotency-Key` header or `idempotency_key`."""
+    key = request.headers.get("Idempotency-Key") or body.get("idempotency_key")
+    if not key or len(key) > 120:
+        raise ApiError(422, "idempotency_key_required", "Send an idempotency key of 1 to 120 characters",
+                       fields={"idempotency_key": ["Required, 1 to 120 characters."]})
+    return key
+
+
+def user_by_ref(session, ref: str, role: str | None = None) -> User:
+    """The user a path names (our id or the platform's), of `role` if given; 404 otherwise."""
+    user_id = find_user_id(session, ref)
+    user = session.get(User, user_id) if user_id is not None else None
+    if user is None or role is not None and user.role != role:
+        raise ApiError(404, "not_found", f"No such {role or 'user'}")
+    return user
+
+
 def _user(session, user_id, role: str) -> User:
     user = session.get(User, user_id)
     if user is None or user.role != role:
@@ -162,10 +180,8 @@ def create_user_endpoint(body):
 
 def _set_active(user_ref: str, active: bool) -> User:
     session = db()
-    user_id = find_user_id(session, user_ref)
-    user = session.get(User, user_id, with_for_update=True) if user_id is not None else None
-    if user is None:
-        raise ApiError(404, "not_found", "No such user")
+    user = user_by_ref(session, user_ref)
+    session.refresh(user, with_for_update=True)
     if user.id == current_user_id() and not active:
         raise ApiError(409, "conflict", "An admin cannot deactivate themselves")
     if user.is_active != active:
@@ -230,10 +246,7 @@ def top_up_endpoint(body, fan_ref):
     `Idempotency-Key` header or `idempotency_key`): the same key tops up once. `fan_ref` is our id or, when
     the platform's identity is trusted, the platform's id of the fan (a fan not seen yet is created)."""
     session = db()
-    key = request.headers.get("Idempotency-Key") or body.get("idempotency_key")
-    if not key or len(key) > 120:
-        raise ApiError(422, "idempotency_key_required", "Send an idempotency key of 1 to 120 characters",
-                       fields={"idempotency_key": ["Required, 1 to 120 characters."]})
+    key = required_idempotency_key(body)
     fan_id = _fan_to_top_up(session, fan_ref)
     replay = _replayed_top_up(session, key, fan_id, body["amount"])
     if replay is not None:

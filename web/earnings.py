@@ -11,11 +11,9 @@ from datetime import date
 
 from flask import Response, request
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
-from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from models.audit import audit
-from models.ledger import Account
 from models.menu_schemas import Int
 from models.revenue import (
     FIGURES,
@@ -25,11 +23,13 @@ from models.revenue import (
     platform_summary,
     record_payout,
     statement,
+    unpaid_earnings,
 )
 from models.settings import MAX_FEE_BPS
 from models.types import utcnow
-from models.users import User, find_user_id
+from models.users import User
 
+from .admin import required_idempotency_key, user_by_ref
 from .auth import current_user_id, role_required
 from .deps import db, settings
 from .docs import error
@@ -226,12 +226,7 @@ def _statement_answer(model_id, query):
 
 
 def _model(ref: str) -> User:
-    session = db()
-    user_id = find_user_id(session, ref)
-    user = session.get(User, user_id) if user_id is not None else None
-    if user is None or user.role != "model":
-        raise ApiError(404, "not_found", "No such model")
-    return user
+    return user_by_ref(db(), ref, "model")
 
 
 STATEMENT_DOC = dict(example=STATEMENT_EXAMPLE, description="The statement (JSON, or CSV with `format=csv` or "
@@ -320,10 +315,7 @@ def payout(body, model_ref):
     for its payouts account, in the ledger. An idempotency key is required (`Idempotency-Key` header or
     `idempotency_key`); the amount may not exceed the unpaid earnings. Audited."""
     session = db()
-    key = request.headers.get("Idempotency-Key") or body.get("idempotency_key")
-    if not key or len(key) > 120:
-        raise ApiError(422, "idempotency_key_required", "Send an idempotency key of 1 to 120 characters",
-                       fields={"idempotency_key": ["Required, 1 to 120 characters."]})
+    key = required_idempotency_key(body)
     model = _model(model_ref)
     try:
         entry, replayed = record_payout(session, model.id, body["amount"], key, current_user_id())
@@ -339,8 +331,8 @@ def payout(body, model_ref):
     except IntegrityError:  # the same key at the same moment: the other request's payout stands
         session.rollback()
         raise ApiError(409, "conflict", "The payout could not be recorded; try again") from None
-    unpaid = session.scalar(select(Account.balance).where(Account.owner_id == model.id, Account.kind == "earnings"))
-    answer = {"entry_id": entry.id, "model_id": model.id, "amount": entry.amount, "unpaid": unpaid,
+    answer = {"entry_id": entry.id, "model_id": model.id, "amount": entry.amount,
+              "unpaid": unpaid_earnings(session, model.id),
               "replayed": replayed}
     return (answer, 200) if replayed else answer
 

@@ -8,7 +8,6 @@ a newer pairing. Neither the developer token nor a utoken is ever logged or retu
 from __future__ import annotations
 
 import secrets
-import uuid
 from datetime import timedelta
 
 from marshmallow import EXCLUDE, Schema, fields, validate

@@ -11,7 +11,7 @@ import redis
 from flask import Response, g, request
 from marshmallow import Schema, fields
 from prometheus_client.core import GaugeMetricFamily
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 
 from models.db import engine_for
 from models.infra import metrics
@@ -84,9 +84,8 @@ def prometheus_metrics():
 
 
 def readiness(settings) -> dict[str, str]:
-    checks = {"database": _check(lambda: _ping_database(settings.database_url))}
-    if checks["database"] == "ok":
-        checks["schema"] = "ok" if _schema_at_head(settings.database_url) else "not_migrated"
+    schema = _check(lambda: _schema_state(settings.database_url))  # one connection answers both
+    checks = {"database": "down"} if schema == "down" else {"database": "ok", "schema": schema}
     checks["redis"] = "embedded" if settings.redis_url is None else _check(lambda: _ping_redis(settings.redis_url))
     broker = settings.broker_url
     if broker is None or broker.startswith("memory://"):
@@ -99,23 +98,18 @@ def readiness(settings) -> dict[str, str]:
 
 
 def _check(probe) -> str:
+    """The probe's state ("ok" if it says none), or "down" if it raised."""
     try:
-        probe()
-        return "ok"
+        return probe() or "ok"
     except Exception as exc:
         # The type only: an exception's text may hold a URL with a password.
         log.warning("readiness check failed", extra={"error_type": type(exc).__name__})
         return "down"
 
 
-def _ping_database(url: str) -> None:
+def _schema_state(url: str) -> str:
     with engine_for(url).connect() as conn:
-        conn.execute(text("SELECT 1"))
-
-
-def _schema_at_head(url: str) -> bool:
-    with engine_for(url).connect() as conn:
-        return at_head(conn)
+        return "ok" if at_head(conn) else "not_migrated"
 
 
 def _ping_redis(url: str) -> None:

@@ -236,18 +236,20 @@ def activate_toy(purchase_id, claim=None) -> dict:
     """One step of a purchase's toy activation (models/services/activations.py); re-enqueues itself to retry.
     Returns the step's outcome and reason (`{"outcome": "skipped", "reason": "unpaired"}`) for Flower."""
     step = activations.run(runtime(), purchase_id, claim)
+    return _after_step(step, activate_toy, [str(purchase_id), step.claim])
+
+
+def _after_step(step, task, args) -> dict:
+    """What a toy task does after one step: run again after `step.delay` (with these args), and when a slot was
+    sent or left the timeline, ask for the model's next waiting slot at its (new) start. Returns the step's
+    outcome and reason for Flower."""
     if step.delay is not None:
         if celery.conf.task_always_eager:
             time.sleep(step.delay)  # embedded mode runs tasks inline, where a countdown would be ignored
-        activate_toy.apply_async(args=[str(purchase_id), step.claim], countdown=step.delay)
-    _follow(step)
-    return {"outcome": step.status, "reason": step.reason}
-
-
-def _follow(step) -> None:
-    """A slot was sent or left the timeline: ask for the model's next waiting slot at its (new) start."""
+        task.apply_async(args=args, countdown=step.delay)
     if step.follow is not None:
         request_activation(step.follow[0], at=step.follow[1])
+    return {"outcome": step.status, "reason": step.reason}
 
 
 @celery.task(name="perfmenu.stop_toy")
@@ -255,9 +257,4 @@ def stop_toy(model_id, purchase_id=None, reason="stopped", uid=None) -> dict:
     """Stop a model's playing buzz (models/services/activations.stop); re-enqueues itself while a command is in
     flight."""
     step = activations.stop(runtime(), model_id, purchase_id, reason, uid)
-    if step.delay is not None:
-        if celery.conf.task_always_eager:
-            time.sleep(step.delay)
-        stop_toy.apply_async(args=[model_id, purchase_id, reason, uid], countdown=step.delay)
-    _follow(step)
-    return {"outcome": step.status, "reason": step.reason}
+    return _after_step(step, stop_toy, [model_id, purchase_id, reason, uid])

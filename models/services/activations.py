@@ -226,6 +226,16 @@ def timeline_stats(session, now=None) -> dict:
             "lag": max(0.0, (now - oldest).total_seconds()) if oldest is not None else 0.0}
 
 
+def _lease(settings) -> float:
+    """How long a claim holds a row: one send's timeouts and a margin."""
+    return settings.lovense_connect_timeout + settings.lovense_read_timeout + LEASE_MARGIN_SECONDS
+
+
+def _lock_seconds(settings) -> float:
+    """How long the model's lock (one command in flight) outlives a send that died holding it."""
+    return settings.lovense_connect_timeout + settings.lovense_read_timeout + 5
+
+
 def _claim(session, purchase_id, mine: str | None, lease_seconds: float) -> str | None:
     now = utcnow()
     token = uuid.uuid4().hex
@@ -289,7 +299,7 @@ def _again(runtime, purchase_id, claim: str, delay: float, lease: float, error: 
 def run(runtime, purchase_id, claim: str | None = None) -> Next:
     settings = runtime.settings
     purchase_id = uuid.UUID(str(purchase_id))
-    lease = settings.lovense_connect_timeout + settings.lovense_read_timeout + LEASE_MARGIN_SECONDS
+    lease = _lease(settings)
     now = utcnow()
     with runtime.session_scope() as session:
         purchase = session.get(Purchase, purchase_id)
@@ -336,7 +346,7 @@ def run(runtime, purchase_id, claim: str | None = None) -> Next:
         return _finish(runtime, purchase_id, token, "failed", "invalid_activation")
 
     redis = runtime.redis
-    lock = acquire_model_lock(redis, model_id, settings.lovense_connect_timeout + settings.lovense_read_timeout + 5)
+    lock = acquire_model_lock(redis, model_id, _lock_seconds(settings))
     if lock is None:
         return _again(runtime, purchase_id, token, BUSY_RETRY_SECONDS * random.uniform(1, 2), lease)
     try:
@@ -370,7 +380,7 @@ def stop(runtime, model_id, purchase_id=None, reason: str = "stopped", uid: str 
     slots then move up (`follow`). `uid` is for an unpairing, whose link is already gone."""
     settings = runtime.settings
     model_id = uuid.UUID(str(model_id))
-    lease = settings.lovense_connect_timeout + settings.lovense_read_timeout + LEASE_MARGIN_SECONDS
+    lease = _lease(settings)
     now = utcnow()
     with runtime.session_scope() as session:
         mine = A.model_id == model_id
@@ -386,8 +396,7 @@ def stop(runtime, model_id, purchase_id=None, reason: str = "stopped", uid: str 
         return _finish(runtime, purchase_id, token, "skipped", reason)
     if not playing:
         return Next("none")
-    lock = acquire_model_lock(runtime.redis, model_id,
-                              settings.lovense_connect_timeout + settings.lovense_read_timeout + 5)
+    lock = acquire_model_lock(runtime.redis, model_id, _lock_seconds(settings))
     if lock is None:
         return Next("pending", delay=BUSY_RETRY_SECONDS * random.uniform(1, 2))
     try:
