@@ -48,7 +48,6 @@ log = logging.getLogger(__name__)
 ACTIVATABLE_STATUSES = ("completed", "in_progress")
 LEASE_MARGIN_SECONDS = 30
 BUSY_RETRY_SECONDS = 0.25  # the model's lock is held: try again soon
-EARLY_SECONDS = 0.01  # a task this close to its slot's start sends now
 
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
 
@@ -322,7 +321,7 @@ def run(runtime, purchase_id, claim: str | None = None) -> Next:
             if _first_waiting(session, purchase.model_id) != purchase_id:
                 return Next("waiting")
             wait = (row.starts_at - now).total_seconds()
-            if wait > EARLY_SECONDS:
+            if wait > 0:  # never before its start: a send a few ms early cuts the previous buzz short
                 return Next("pending", delay=wait)
         late = activatable and purchase.transaction_type == "immediate" and row.scheduled_at is not None and \
             (now - row.scheduled_at).total_seconds() > settings.lovense_freshness_seconds
