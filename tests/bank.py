@@ -600,6 +600,7 @@ BEAT_JOBS = ("from datetime import timedelta; from models.types import utcnow; i
              "'toys asked again', sweep_activations(utcnow() + timedelta(minutes=1)))")
 
 
+TOY_FRESHNESS_SECONDS = 60  # the settings' default LOVENSE_FRESHNESS_SECONDS, which the bank's cluster uses
 BEAT_EVERY_SECONDS = 10  # the quiet period's beat cadence while work still progresses
 
 
@@ -636,8 +637,10 @@ def _quiesce(cluster: Cluster, cfg: Config, log) -> None:
     # Beat keeps running its jobs: a toy activation whose task died with a worker or a Redis restart is
     # claimed until its lease runs out (about 31 s here), and only then can the sweep's new request take it.
     # Quiet means: nothing pending, and the last run asked for no toy activation again (one it asks for has no
-    # row until a worker takes its task, so the pending count alone cannot see it).
-    deadline = time.monotonic() + 90
+    # row until a worker takes its task, so the pending count alone cannot see it). A model's toy backlog plays
+    # in real time, 2 s a slot, until its Queue OFF buzzes are LOVENSE_FRESHNESS_SECONDS late and expire, so it
+    # may need that long on top (a loaded machine showed 6 slots, 12 s of play, still waiting at 90 s).
+    deadline = time.monotonic() + 90 + TOY_FRESHNESS_SECONDS
     while True:
         report = beat_jobs(cluster)
         log("beat: " + report)
