@@ -63,7 +63,7 @@ bench: install
 # The long proofs (pytest marker `slow`): the bank test at 10,000 purchases under >= 24 worker kills, 3 Redis
 # restarts, 3 Redis pauses (~10 s), 10 database backend kills, 4 PostgreSQL restarts (2 fast, 2 stopped ~10 s)
 # and Lovense failures, on a PostgreSQL cluster and a redis-server of its own; the long fuzz run; the toy timeline
-# at full length (5 fans x 10 s buzzes back to back). Ends with
+# at full length (5 fans x 10 s buzzes back to back; a toy offline for 2 minutes). Ends with
 # the line `purchases: N faults: F anomalies: A`. Sizes: BANK_PURCHASES, BANK_PG_STOPS, ... (tests/test_bank.py).
 proof: install
 	$(BIN)/python -m pytest -s -m slow tests/test_fuzz.py tests/test_timeline.py tests/test_bank.py $(PYTEST_ARGS)

@@ -1,22 +1,27 @@
 """`make bench`: ceilings and our figures in one run, on the real process set, loopback only.
 
-Starts gunicorn (the Procfile's `web` line) and Celery workers (the Procfile's `worker` line) on PostgreSQL
-(database perfmenu_bench, dropped and created here) and Redis (two databases of its own, flushed here), drives
-them with bench/loadgen.py in a separate process, prints one table and writes bench/last.json.
+Starts gunicorn (the Procfile's `web` line), Celery workers (the Procfile's `worker` line) and the event stream
+process (the `stream` line) on PostgreSQL (database perfmenu_bench, dropped and created here) and Redis (two
+databases of its own, flushed here), drives them with bench/loadgen.py in a separate process (and, in the
+streams phase, holds the streams open from bench/streams.py, another process), prints one table and writes
+bench/last.json.
 
 Settings: BENCH_DATABASE_URL, BENCH_REDIS_URL, BENCH_BROKER_URL, BENCH_PORT, BENCH_SECONDS (per load phase),
-BENCH_CONNECTIONS (closed-loop clients), BENCH_RATE (offered purchases/s of the latency phase).
+BENCH_CONNECTIONS (closed-loop clients), BENCH_RATE (offered purchases/s of the latency phase), BENCH_STREAMS
+(open event streams in the streams phase, 1000).
 """
 from __future__ import annotations
 
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from select import select as wait_readable  # `select` is SQLAlchemy's here
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY = sys.executable
@@ -32,6 +37,9 @@ QUEUE_ENTRIES = 10_000
 STATEMENT_SALES = int(os.environ.get("BENCH_STATEMENT_SALES", "1000000"))
 NOOP_TASKS = 2000
 WORKER_CONCURRENCY = int(os.environ.get("WORKER_CONCURRENCY", "2"))
+STREAMS = int(os.environ.get("BENCH_STREAMS", "1000"))
+WITH_STREAMS = f"intake_rps_with_{STREAMS}_streams"
+MODEL_STREAMS = 5  # per model (a dashboard, an overlay, ...); one admin stream; fans hold the rest
 
 ENV = dict(
     os.environ,
@@ -58,7 +66,10 @@ from sqlalchemy.engine import make_url  # noqa: E402
 
 from models.runtime import Runtime  # noqa: E402
 from models.settings import Settings  # noqa: E402
-from tests.processes import ProcessGroup, children_of, wait_http  # noqa: E402
+from tests.processes import ProcessGroup, children_of, free_port, wait_http  # noqa: E402
+
+STREAM_PORT = free_port()
+ENV["STREAM_PORT"] = str(STREAM_PORT)  # the web's tickets name the stream process's address too
 
 # This driver's own settings: the same as the processes it starts.
 RUNTIME = Runtime(Settings.from_env(ENV))
@@ -108,6 +119,16 @@ def _wait_ready(proc: ProcessGroup, path: str) -> ProcessGroup:
         wait_http(f"http://127.0.0.1:{PORT}{path}", 30, proc)
     except RuntimeError as exc:
         raise SystemExit(f"gunicorn: {exc}; see {LOGS}") from None
+    return proc
+
+
+def start_stream() -> ProcessGroup:
+    proc = start_process("stream", bin_path(procfile_line("stream")))
+    try:
+        wait_http(f"http://127.0.0.1:{STREAM_PORT}/healthz", 30, proc)
+    except RuntimeError as exc:
+        proc.stop()
+        raise SystemExit(f"stream process: {exc}; see {LOGS}") from None
     return proc
 
 
@@ -180,7 +201,7 @@ def seed() -> dict:
     probe = User(username="probe", role="fan")
     probe.set_password("bench")
     users = {}
-    for role, n in (("model", 2), ("fan", FANS)):
+    for role, n in (("model", 2), ("fan", FANS), ("admin", 1)):
         users[role] = []
         for i in range(n):
             u = User(username=f"bench-{role}-{i}", role=role, password_hash=probe.password_hash)
@@ -207,9 +228,10 @@ def seed() -> dict:
     from web.auth import sign_in
 
     with app.app_context():
-        tokens = [sign_in(s, u)["access_token"] for u in users["fan"]]
+        tokens = {role: [sign_in(s, u)["access_token"] for u in users[role]] for role in users}
     s.close()
-    return {"menus": menus, "tokens": tokens}
+    return {"menus": menus, "tokens": tokens["fan"], "model_tokens": tokens["model"],
+            "admin_token": tokens["admin"][0]}
 
 
 def pending_count() -> int:
@@ -417,12 +439,200 @@ def statement_timing(requests: int = 30) -> dict:
             "statement_sales": STATEMENT_SALES}
 
 
+# ---------------------------------------------------------------- streams
+
+def raise_fd_limit() -> None:
+    """Each open stream is a socket in the stream process and one in bench/streams.py (both our children, which
+    inherit this limit), plus the servers' own files."""
+    need = 2 * STREAMS + 1024
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < need:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (need if hard == resource.RLIM_INFINITY else min(need, hard), hard))
+
+
+def established(port: int) -> int:
+    """TCP connections held open by whoever listens on 127.0.0.1:`port` (server side, from /proc/net/tcp)."""
+    with open("/proc/net/tcp") as f:
+        rows = [line.split() for line in f.readlines()[1:]]
+    return sum(1 for row in rows if row[3] == "01" and int(row[1].split(":")[1], 16) == port)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of `pid` and its descendants so far."""
+    ticks = 0
+    for p in [pid] + children_of(pid):
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            pass
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def drain(timeout: float = 60) -> int:
+    """Wait until nothing is pending and the relay has numbered every event; returns the last event number."""
+    deadline = time.monotonic() + timeout
+    while True:
+        settled = pending_count() == 0  # first: settlement writes its events in the same transaction
+        with RUNTIME.engine.connect() as conn:
+            unnumbered = conn.scalar(text("SELECT count(*) FROM outbox_events WHERE seq IS NULL"))
+            last = conn.scalar(text("SELECT coalesce(max(seq), 0) FROM outbox_events"))
+        if settled and not unnumbered:
+            return last
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"not drained in {timeout} s: purchases pending or {unnumbered} events unnumbered")
+        time.sleep(0.1)
+
+
+def wait_idle(proc: ProcessGroup, timeout: float = 30) -> float:
+    """Wait until `proc` (and its children) use under 10 % of a core; returns the seconds waited. A stream is
+    reported open at its first line, before the server's per-stream setup (a fan's queue places) is done."""
+    t0 = time.monotonic()
+    before = cpu_seconds(proc.pid)
+    while time.monotonic() - t0 < timeout:
+        time.sleep(0.5)
+        now = cpu_seconds(proc.pid)
+        if now - before < 0.05:
+            break
+        before = now
+    return round(time.monotonic() - t0, 1)
+
+
+def worker_timeouts(name: str) -> int:
+    """How often gunicorn killed a worker that stopped answering its master (a stalled gevent loop)."""
+    with open(os.path.join(LOGS, f"{name}.log"), errors="replace") as f:
+        return f.read().count("WORKER TIMEOUT")
+
+
+def read_line(proc, timeout: float) -> dict:
+    ready, _, _ = wait_readable([proc.stdout], [], [], timeout)
+    line = proc.stdout.readline() if ready else ""
+    if not line:
+        raise RuntimeError(f"bench.streams gave no answer in {timeout} s (its log: {LOGS}/streams.log)")
+    return json.loads(line)
+
+
+def delivery_ms(timings: list, start: float, end: float) -> dict:
+    """p50/p99/max of arrival - occurred_at (ms) for the events that occurred in [start, end)."""
+    late = sorted((arrived - at) * 1000 for at, arrived in timings if start <= at < end)
+    pick = lambda q: round(late[min(len(late) - 1, round(q * (len(late) - 1)))], 1) if late else None  # noqa: E731
+    return {"p50": pick(0.5), "p99": pick(0.99), "max": pick(1), "events": len(late)}
+
+
+STREAM_KEYS = ("intake_rps_no_streams", WITH_STREAMS, "intake_drop_with_streams_pct", "streams_open", "streams_failed",
+               "streams_open_s", "streams_still_open", "stream_reconnects", "streams_lost", "stream_worker_timeouts",
+               "stream_server_connections", "stream_rss_mb", "stream_cpu_s", "stream_clients_cpu_s",
+               "stream_messages", "stream_events_expected", "stream_events_received", "stream_events_missing",
+               "stream_purchases_accepted", "stream_delivery_p50_ms", "stream_delivery_p99_ms",
+               "stream_delivery_max_ms", "stream_delivery_events", "stream_delivery_at_rate_p50_ms",
+               "stream_delivery_at_rate_p99_ms", "stream_delivery_at_rate_max_ms", "stream_delivery_at_rate_events")
+
+
+def streams_phase(data: dict, purchase_url: str, stream: ProcessGroup, res: dict) -> None:
+    """Intake (the Queue OFF measurement) twice on a fresh web, first without streams, then with STREAMS event
+    streams open on the stream process; then, streams still open, purchases offered at RATE/s. Fills `res` as
+    it goes (a failure leaves the rest None). Unlike the intake phase the worker consumes throughout, so the
+    relay numbers and publishes events as they commit and the streams carry them while intake is measured. The
+    admin stream times each purchase event's arrival against its occurred_at (stamped in the committing
+    transaction) and must receive every event committed from the moment the streams open."""
+    res.update(dict.fromkeys(STREAM_KEYS), streams_requested=STREAMS)
+    spec = {"url": purchase_url, "duration": SECONDS, "connections": CONNECTIONS, "tokens": data["tokens"],
+            "bodies": [{"menu_id": data["menus"]["OFF"]["menu_id"], "item_id": data["menus"]["OFF"]["item_id"]}],
+            "idempotency": True}
+    web = start_web(PURCHASE_WAIT_SECONDS="0")
+    client = None
+
+    def tell(command, timeout: float = 60) -> dict:
+        client.stdin.write(f"{command}\n")
+        client.stdin.flush()
+        return read_line(client, timeout)
+
+    try:
+        loadgen({**spec, "duration": 1})  # warm up, as the intake phase does
+        drain()
+        r = loadgen(spec)
+        res["intake_rps_no_streams"] = r["ok_per_s"]
+        log(f"intake, no streams: {r}")
+        first = drain()
+
+        # Most streams are fans' (tickets, as a browser opens them; 200 fans, a few devices each), a few the
+        # models' (bearer tokens), one the admin's: it resumes after `first`, so it must get every later event.
+        # All are opened at once, as a crowd reconnecting after a restart of the stream process would.
+        viewers = [{"role": "admin", "token": data["admin_token"], "last_event_id": first}]
+        viewers += [{"role": "model", "token": t} for t in data["model_tokens"] for _ in range(MODEL_STREAMS)]
+        viewers += [{"role": "fan", "token": data["tokens"][i % len(data["tokens"])], "ticket": True}
+                    for i in range(STREAMS - len(viewers))]
+        with open(os.path.join(LOGS, "streams.log"), "ab") as err:
+            client = subprocess.Popen([PY, "-m", "bench.streams"], cwd=ROOT, env=ENV, stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, stderr=err, text=True)
+        opened = tell(json.dumps({"stream_url": f"http://127.0.0.1:{STREAM_PORT}/events/stream",
+                                  "ticket_url": f"http://127.0.0.1:{PORT}/events/ticket", "viewers": viewers}),
+                      timeout=120)
+        held = established(STREAM_PORT)
+        res.update(streams_open=opened["open"], streams_failed=opened["failed"], streams_open_s=opened["open_s"])
+        log(f"streams: {opened}; the stream process holds {held} connections")
+        if opened["open"] < STREAMS:
+            raise RuntimeError(f"{opened['open']} of {STREAMS} streams opened (failed: {opened['failed']}, no "
+                               f"answer: {opened['pending']}; WORKER TIMEOUT {worker_timeouts('stream')} times); "
+                               f"see {LOGS}/stream.log")
+        log(f"stream process idle after {wait_idle(stream)} s")
+
+        cpu = cpu_seconds(stream.pid), cpu_seconds(client.pid)
+        spies = profile("intake-streams", stream, SECONDS)
+        windows = [time.time()]
+        r = loadgen(spec)
+        held = min(held, established(STREAM_PORT))  # counted again before any stream closes
+        res["stream_cpu_s"], res["stream_clients_cpu_s"] = (
+            round(cpu_seconds(p) - c, 2) for p, c in zip((stream.pid, client.pid), cpu))
+        for spy in spies:
+            spy.wait()
+        res[WITH_STREAMS] = r["ok_per_s"]
+        no = res["intake_rps_no_streams"]
+        res["intake_drop_with_streams_pct"] = round((no - r["ok_per_s"]) / no * 100, 1) if no else None
+        res.update(stream_server_connections=held, stream_rss_mb=stream.rss_mb())
+        log(f"intake, {opened['open']} streams: {r}")
+        log(f"admin stream after the drain: {tell(drain())}")
+
+        # The same streams at the e2e phase's offered rate: delivery when the machine is not saturated.
+        windows.append(time.time())
+        r = loadgen({"url": purchase_url, "duration": SECONDS, "rate": RATE, "tokens": data["tokens"],
+                     "bodies": spec["bodies"], "idempotency": True})
+        last = drain()
+        log(f"{RATE:g}/s with {opened['open']} streams: {r}; admin stream: {tell(last)}")
+        windows.append(time.time())
+        got = tell("end")
+        with RUNTIME.engine.connect() as conn:
+            expected = dict(conn.execute(text("SELECT seq, type FROM outbox_events WHERE seq > :a AND seq <= :b"),
+                                         {"a": first, "b": last}).all())
+        received = set(got["admin_ids"])
+        res.update(
+            streams_still_open=got["still_open"], stream_reconnects=got["reconnects"], streams_lost=got["lost"],
+            stream_messages=got["messages"],
+            stream_events_expected=len(expected), stream_events_received=len(received & expected.keys()),
+            stream_events_missing=len(expected.keys() - received),
+            stream_purchases_accepted=sum(1 for t in expected.values() if t == "purchase.accepted"))
+        for prefix, (start, end) in (("stream_delivery", windows[0:2]), ("stream_delivery_at_rate", windows[1:3])):
+            figures = delivery_ms(got["admin_timings"], start, end)
+            res.update({f"{prefix}_p50_ms": figures["p50"], f"{prefix}_p99_ms": figures["p99"],
+                        f"{prefix}_max_ms": figures["max"], f"{prefix}_events": figures["events"]})
+        log(f"streams: still open {got['still_open']}, reconnects {got['reconnects']}, lost {got['lost']}, "
+            f"messages {got['messages']}")
+    finally:
+        res["stream_worker_timeouts"] = worker_timeouts("stream")  # must be 0: a stall drops every stream
+        if client is not None and client.poll() is None:
+            client.kill()
+            client.wait()
+        web.stop()
+
+
 # ---------------------------------------------------------------- main
 
 def main():
     t_start = time.perf_counter()
     load_before = os.getloadavg()[0]
     log(f"logs in {LOGS}")
+    raise_fd_limit()
     recreate_database()
     data = seed()
     results, notes = {}, {}
@@ -460,6 +670,7 @@ def main():
     bind_runtime(RUNTIME)
 
     worker = start_worker(product_celery, "worker")
+    stream = start_stream()  # the Procfile's process set: it idles (no streams) until the streams phase
     web = None
     try:
         web = start_web(PURCHASE_WAIT_SECONDS="0")
@@ -509,9 +720,20 @@ def main():
                        e2e_requests=r["ok"])
         results["web_rss_mb"] = max(results["web_rss_mb"], web.rss_mb())
         results["worker_rss_mb"] = max(results["worker_rss_mb"], worker.rss_mb())
+        web.stop()
+        web = None
+
+        # Ours: intake without and with STREAMS open event streams, and commit -> stream delivery. A failure
+        # there is a finding, not the end of the run: it goes into the notes.
+        try:
+            streams_phase(data, purchase_url, stream, results)
+        except RuntimeError as exc:
+            notes["streams"] = f"streams phase failed: {exc}"
+            log(notes["streams"])
     finally:
         if web is not None:
             web.stop()
+        stream.stop()
         worker.stop()
 
     results.update(statement_timing())
@@ -554,6 +776,18 @@ def report(res):
         ("queue position+wait lookups, one client (/s)", res["queue_lookups_per_s"], "", None, ""),
         ("web RSS, all gunicorn processes (MB)", res["web_rss_mb"], "", None, ""),
         ("worker RSS, Celery main + pool (MB)", res["worker_rss_mb"], "", None, ""),
+        ("intake Queue OFF, worker consuming, no streams (req/s)", res["intake_rps_no_streams"], "", None, ""),
+        (f"intake, same, {STREAMS:,} streams open (req/s)", res[WITH_STREAMS], "no streams",
+         res["intake_rps_no_streams"], ">= 0.90"),
+        ("commit -> stream delivery during that intake, p50 (ms)", res["stream_delivery_p50_ms"], "", None, ""),
+        ("commit -> stream delivery during that intake, p99 (ms)", res["stream_delivery_p99_ms"], "", None, ""),
+        (f"commit -> stream delivery at {RATE:g}/s, same streams, p50 (ms)", res["stream_delivery_at_rate_p50_ms"],
+         "", None, ""),
+        (f"commit -> stream delivery at {RATE:g}/s, same streams, p99 (ms)", res["stream_delivery_at_rate_p99_ms"],
+         "", None, ""),
+        (f"events missing on the admin stream, of {fmt(res['stream_events_expected'])}",
+         res["stream_events_missing"], "", None, "0"),
+        (f"stream process RSS, {STREAMS:,} streams (MB)", res["stream_rss_mb"], "", None, ""),
     ]
     lines = ["| figure | ours | ceiling | ceiling value | ratio | target |", "|---|---:|---|---:|---:|---|"]
     for name, ours, cname, ceil, target in rows:
@@ -563,6 +797,20 @@ def report(res):
     print(f"e2e answers still pending after the wait: {res['e2e_late']} of {res['e2e_requests']}; "
           f"books differences: {res['books_differences']}; run took {res['elapsed_s']} s; "
           f"load average before/after: {res['load_average']}")
+    print(f"intake_rps_no_streams: {res['intake_rps_no_streams']}; {WITH_STREAMS}: {res[WITH_STREAMS]}; "
+          f"drop: {res['intake_drop_with_streams_pct']} % (goal < 10 %)")
+    print(f"streams open {res['streams_open']} of {res['streams_requested']} (failed: {res['streams_failed'] or 0}), "
+          f"open at the end {res['streams_still_open']}, reconnects {res['stream_reconnects']}, lost "
+          f"{res['streams_lost']}; stream worker timeouts {res['stream_worker_timeouts']}; held by the stream "
+          f"process during the intake {res['stream_server_connections']}; CPU during the measurement: stream "
+          f"process {res['stream_cpu_s']} s, stream clients {res['stream_clients_cpu_s']} s")
+    print(f"admin stream: {res['stream_events_received']} of {res['stream_events_expected']} events "
+          f"({res['stream_purchases_accepted']} purchases accepted), missing {res['stream_events_missing']}; "
+          f"commit -> stream p50/p99/max during the intake {res['stream_delivery_p50_ms']}/"
+          f"{res['stream_delivery_p99_ms']}/{res['stream_delivery_max_ms']} ms ({res['stream_delivery_events']} "
+          f"purchase events), at {RATE:g}/s {res['stream_delivery_at_rate_p50_ms']}/"
+          f"{res['stream_delivery_at_rate_p99_ms']}/{res['stream_delivery_at_rate_max_ms']} ms "
+          f"({res['stream_delivery_at_rate_events']})")
     for key, note in res["notes"].items():
         if note:
             print(f"{key}: {note}")

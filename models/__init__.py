@@ -5,10 +5,12 @@ from .db import Base
 from .ledger import Account, InsufficientFunds, LedgerEntry
 from .lovense import LovenseActivation, LovenseLink
 from .menus import Menu, MenuItem, MenuWhitelist
+from .outbox import OutboxEvent
 from .purchases import InvalidTransition, Purchase
 from .runtime import Runtime
 from .settings import Settings
 from .users import Subscription, User
+from .webhooks import WebhookDelivery, WebhookEndpoint
 
 __all__ = [
     "Account",
@@ -23,10 +25,13 @@ __all__ = [
     "Menu",
     "MenuItem",
     "MenuWhitelist",
+    "OutboxEvent",
     "Purchase",
     "Runtime",
     "Settings",
     "Subscription",
     "User",
+    "WebhookDelivery",
+    "WebhookEndpoint",
     "audit",
 ]

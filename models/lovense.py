@@ -14,8 +14,9 @@ from .types import UTCDateTime, str_enum, utcnow
 
 # pending: waiting for its slot; sent: played (playing while ends_at is ahead); stopped: cut off by a Stop
 # (reject/refund of a Queue ON entry, unpairing, kill switch); expired: a Queue OFF buzz that could not start within
-# LOVENSE_FRESHNESS_SECONDS of its slot (docs/architecture.md, "Lovense").
-ACTIVATION_STATUSES = ("pending", "sent", "failed", "skipped", "stopped", "expired")
+# LOVENSE_FRESHNESS_SECONDS of its slot; unconfirmed: sent, but whether the toy got it is unknown (no reply, a dropped
+# connection, a worker lost mid-send), so it is never sent again on its own (docs/architecture.md, "Lovense").
+ACTIVATION_STATUSES = ("pending", "sent", "failed", "skipped", "stopped", "expired", "unconfirmed")
 DEVICE_TYPES = ("vibrator", "pump", "all")
 PATTERNS = ("steady", "pulse", "wave", "fireworks", "earthquake", "custom")
 
@@ -49,7 +50,9 @@ class LovenseActivation(Base):
     """The toy activation of one purchase (UNIQUE purchase_id: at most one, however often it is requested).
 
     A task owns the row while `claim_token` is set and `locked_until` has not passed: a duplicate delivery
-    of the task finds it claimed and does nothing; a task that died mid-send frees it when the lease ends."""
+    of the task finds it claimed and does nothing; a task that died frees it when the lease ends. `sending_since` is
+    set just before the command goes out and cleared with the outcome: a task that claims a row still marked died
+    mid-send, and the row becomes `unconfirmed` instead of being sent again."""
 
     __tablename__ = "lovense_activations"
     __table_args__ = (
@@ -69,6 +72,7 @@ class LovenseActivation(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
     last_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    sending_since: Mapped[datetime | None] = mapped_column(UTCDateTime)  # a command is on its way (or was, if set)
     # The model's toy timeline: one slot per activation, back to back in the order they were scheduled.
     due_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # never before this (request + timing_offset)
     scheduled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # the slot as first planned: freshness clock

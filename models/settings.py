@@ -7,6 +7,7 @@ deployment, and then secrets must come from the environment.
 """
 from __future__ import annotations
 
+import ipaddress
 import os
 import sys
 from dataclasses import dataclass, field, fields
@@ -100,6 +101,35 @@ def _bool(env, name, default):
     return raw.strip().lower() in ("1", "true", "yes", "on")
 
 
+def _events(env, d) -> dict:
+    """Events out: the relay's safety net, webhooks, the live streams (docs/architecture.md, "Events out")."""
+    networks = tuple(n.strip() for n in (env.get("WEBHOOK_ALLOWED_NETWORKS") or "").split(",") if n.strip())
+    try:
+        for network in networks:
+            ipaddress.ip_network(network, strict=False)
+    except ValueError:
+        raise ConfigError("WEBHOOK_ALLOWED_NETWORKS is a comma-separated list of addresses or networks "
+                          "(127.0.0.1, 10.0.0.0/8)") from None
+    return {
+        "outbox_relay_interval_seconds": _positive(env, "OUTBOX_RELAY_INTERVAL_SECONDS",
+                                                   d["outbox_relay_interval_seconds"]),
+        "webhook_allowed_networks": networks,
+        "webhook_retry_hours": _positive_float(env, "WEBHOOK_RETRY_HOURS", d["webhook_retry_hours"]),
+        "webhook_timeout_seconds": _positive_float(env, "WEBHOOK_TIMEOUT_SECONDS", d["webhook_timeout_seconds"]),
+        "webhook_backoff_seconds": _positive_float(env, "WEBHOOK_BACKOFF_SECONDS", d["webhook_backoff_seconds"]),
+        "stream_port": _positive(env, "STREAM_PORT", d["stream_port"]),
+        "stream_url": env.get("STREAM_URL") or "",
+        "stream_heartbeat_seconds": _positive_float(env, "STREAM_HEARTBEAT_SECONDS", d["stream_heartbeat_seconds"]),
+    }
+
+
+def _positive_float(env, name, default):
+    value = _number(env, name, default, float)
+    if value <= 0:
+        raise ConfigError(f"{name} must be a positive number")
+    return value
+
+
 def _platform(env, d) -> dict:
     """PLATFORM_JWT_*: the host platform's tokens. A key source needs an issuer and an audience to check."""
     out = {
@@ -166,6 +196,7 @@ class Settings:
     escrow_sweep_interval_seconds: int = 60
     queue_reconcile_interval_seconds: int = 300
     activation_sweep_interval_seconds: int = 60
+    timeline_sweep_interval_seconds: int = 5  # a toy timeline whose next task was lost waits at most about this
     # If set, GET /metrics requires `Authorization: Bearer <METRICS_TOKEN>`.
     metrics_token: str = field(default="", repr=False)
     log_level: str = "INFO"
@@ -187,6 +218,16 @@ class Settings:
     platform_roles: tuple = (("fan", "fan"), ("user", "fan"), ("model", "model"), ("performer", "model"),
                              ("admin", "admin"))
     platform_jwks_cache_seconds: int = 300
+    # Events out (models/outbox.py, models/webhooks.py, web/events.py).
+    outbox_relay_interval_seconds: int = 5  # beat's relay run: the safety net behind the wake after each commit
+    # Webhook URLs may point at these addresses or networks although they are private or loopback.
+    webhook_allowed_networks: tuple = ()
+    webhook_retry_hours: float = 24.0  # a delivery still failing this long after its event is dead-lettered
+    webhook_timeout_seconds: float = 5.0  # connect and read, per attempt
+    webhook_backoff_seconds: float = 5.0  # first retry delay; doubles each attempt (capped at an hour), jittered
+    stream_port: int = 8001  # the stream process's port (Procfile `stream`)
+    stream_url: str = ""  # where clients open the stream; default: http://<web_bind>:<stream_port>/events/stream
+    stream_heartbeat_seconds: float = 15.0
 
     @property
     def platform_identity(self) -> bool:
@@ -201,6 +242,16 @@ class Settings:
         """Where the API answers on this machine (what `make demo` and the `urls` command print)."""
         host = "127.0.0.1" if self.web_bind in ("0.0.0.0", "") else self.web_bind
         return f"http://{host}:{self.web_port}"
+
+    @property
+    def stream_base_url(self) -> str:
+        """Where clients open the event stream: the stream process, or in embedded mode the web itself."""
+        if self.stream_url:
+            return self.stream_url
+        if self.embedded:
+            return f"{self.base_url}/events/stream"
+        host = "127.0.0.1" if self.web_bind in ("0.0.0.0", "") else self.web_bind
+        return f"http://{host}:{self.stream_port}/events/stream"
 
     @property
     def tz(self) -> ZoneInfo:
@@ -280,6 +331,8 @@ class Settings:
                                                        d["queue_reconcile_interval_seconds"]),
             activation_sweep_interval_seconds=_positive(env, "ACTIVATION_SWEEP_INTERVAL_SECONDS",
                                                         d["activation_sweep_interval_seconds"]),
+            timeline_sweep_interval_seconds=_positive(env, "TIMELINE_SWEEP_INTERVAL_SECONDS",
+                                                      d["timeline_sweep_interval_seconds"]),
             metrics_token=env.get("METRICS_TOKEN") or "",
             log_level=(env.get("LOG_LEVEL") or d["log_level"]).upper(),
             trusted_proxies=_number(env, "TRUSTED_PROXIES", d["trusted_proxies"]),
@@ -287,4 +340,5 @@ class Settings:
             web_port=_positive(env, "WEB_PORT", d["web_port"]),
             flower_port=_positive(env, "FLOWER_PORT", d["flower_port"]),
             **_platform(env, d),
+            **_events(env, d),
         )

@@ -96,6 +96,7 @@ class Report:
     responses: Counter = field(default_factory=Counter)
     anomalies: list = field(default_factory=list)
     activations: Counter = field(default_factory=Counter)
+    plays: int = 0  # buzzes the fake toy played
     seconds: float = 0.0
 
     def line(self) -> str:
@@ -103,7 +104,7 @@ class Report:
 
     def details(self) -> str:
         return (f"accepted rows: {self.accepted}; states: {dict(self.statuses)}; "
-                f"toy activations: {dict(self.activations)}; responses: {dict(self.responses)}; "
+                f"toy activations: {dict(self.activations)}, toy plays: {self.plays}; responses: {dict(self.responses)}; "
                 f"faults: {dict(self.faults)}; {self.seconds:.0f} s")
 
 
@@ -595,8 +596,10 @@ def _pending_count(cluster: Cluster) -> int:
 
 
 BEAT_JOBS = ("from datetime import timedelta; from models.types import utcnow; import worker.main; "
-             "from worker.tasks import settle, sweep_deadlines, reconcile, sweep_activations; "
+             "from worker.tasks import settle, sweep_deadlines, reconcile, sweep_activations, relay; "
+             "from worker.celery_app import runtime; "
              "print('swept', settle(), 'refunded', sweep_deadlines(), 'queues', reconcile(), "
+             "'relayed', relay(runtime()), "
              "'toys asked again', sweep_activations(utcnow() + timedelta(minutes=1)))")
 
 
@@ -714,6 +717,82 @@ def _rollup_differences(s) -> list[str]:
             if tuple(int(v) for v in rolled.get(m, (0,) * 5)) != tuple(int(v) for v in actual.get(m, (0,) * 5))]
 
 
+PLAYED = ("sent", "stopped", "unconfirmed")
+SLOT_SLACK_SECONDS = 0.05
+
+
+def _toy_differences(lovense: FakeLovense, shop: Shop, rows, report: Report) -> list[str]:
+    """Each model's toy (the fake Lovense; the uid is the model id) against the database: no buzz played twice (the
+    toy played at least every sent and stopped one, at most those and the unconfirmed ones, whose outcome is
+    unknown), none cut short by the next buzz (only by a Stop), and the slots of what played never overlap."""
+    out = []
+    by_model = {}
+    for a in rows:
+        by_model.setdefault(a.model_id, []).append(a)
+    for model_id, _username in shop.models:
+        mine = by_model.get(model_id, [])
+        count = Counter(a.status for a in mine)
+        plays = lovense.plays(model_id)
+        report.plays += len(plays)
+        confirmed = count["sent"] + count["stopped"]
+        if not confirmed <= len(plays) <= confirmed + count["unconfirmed"]:
+            out.append(f"toy of model {model_id} played {len(plays)} buzzes; sent or stopped: {confirmed}, "
+                       f"unconfirmed: {count['unconfirmed']}")
+        out.extend(f"toy of model {model_id}: a {p['command'].get('timeSec')} s buzz cut short after "
+                   f"{p['seconds']:.2f} s by the next command" for p in plays if p["cut_by"] == "command")
+        slots = sorted((a for a in mine if a.status in PLAYED), key=lambda a: (a.starts_at, a.id))
+        for a, b in zip(slots, slots[1:]):
+            if (a.ends_at - b.starts_at).total_seconds() > SLOT_SLACK_SECONDS:
+                out.append(f"slots of model {model_id} overlap: {a.purchase_id} ({a.status}) ends {a.ends_at}, "
+                           f"{b.purchase_id} ({b.status}) starts {b.starts_at}")
+    return out
+
+
+REFUND_BY_REASON = {"cancelled_by_fan": {"queue.entry.cancelled"}, "deadline_passed": {"queue.entry.refunded"}}
+
+
+def _expected_events(p) -> list[set]:
+    """The outbox events a purchase's committed changes wrote, in order (models/outbox.py): each a set of the
+    types that may stand there (a refund's type depends on who made it)."""
+    steps = [{"purchase.accepted"}]
+    if p.transaction_type == "immediate" or p.status == "failed":
+        return steps + ([{f"purchase.{p.status}"}] if p.status != "pending" else [])
+    if p.status == "pending":
+        return steps
+    steps.append({"purchase.queued"})
+    if p.started_at is not None:
+        steps.append({"queue.entry.started"})
+    if p.status == "completed":
+        steps.append({"queue.entry.completed"})
+    elif p.status == "refunded":
+        steps.append(REFUND_BY_REASON.get(p.refund_reason, {"queue.entry.rejected", "queue.entry.refunded"}))
+    return steps
+
+
+def _event_differences(s, purchases, activations) -> list[str]:
+    """Events equal the committed changes: every event numbered 1..N without gaps, each purchase's events exactly
+    its changes in order, each toy activation's last event its final status."""
+    from models.outbox import TOY_EVENTS, OutboxEvent
+
+    out = []
+    unnumbered = s.scalar(select(func.count()).select_from(OutboxEvent).where(OutboxEvent.seq.is_(None)))
+    count, top = s.execute(select(func.count(OutboxEvent.seq), func.max(OutboxEvent.seq))).one()
+    if unnumbered or count != (top or 0):
+        out.append(f"outbox: {unnumbered} events not numbered; {count} numbered up to {top}")
+    per_purchase, toys = {}, {}
+    for pid, type_ in s.execute(select(OutboxEvent.purchase_id, OutboxEvent.type)
+                                .where(OutboxEvent.purchase_id.is_not(None)).order_by(OutboxEvent.seq)):
+        (toys if type_.startswith("toy.") else per_purchase).setdefault(str(pid), []).append(type_)
+    for pid, p in purchases.items():
+        got, expected = per_purchase.get(pid, []), _expected_events(p)
+        if len(got) != len(expected) or any(t not in e for t, e in zip(got, expected)):
+            out.append(f"purchase {pid} ({p.transaction_type}, {p.status}): events {got}, expected {expected}")
+    for pid, a in activations.items():
+        if a.status in TOY_EVENTS and (toys.get(pid) or [None])[-1] != TOY_EVENTS[a.status]:
+            out.append(f"toy activation of {pid} is {a.status}; its events {toys.get(pid)}")
+    return out
+
+
 def _check(cluster: Cluster, report: Report, shop: Shop, recorder: Recorder) -> None:
     anomalies = report.anomalies
     anomalies.extend(recorder.anomalies)
@@ -779,6 +858,8 @@ def _check(cluster: Cluster, report: Report, shop: Shop, recorder: Recorder) -> 
                     f"until {a.locked_until}; purchase {p.transaction_type if p else '?'} {p.status if p else '?'}")
             if a.status == "failed" and not a.last_error:
                 anomalies.append(f"activation of {pid} failed without an error")
+        anomalies.extend(_toy_differences(cluster.lovense, shop, activations.values(), report))
+        anomalies.extend(_event_differences(s, purchases, activations))
         for pid, p in purchases.items():
             toy = isinstance(p.lovense_activation, dict) and p.lovense_activation.get("enabled") is True
             started = p.status == "completed" and (p.transaction_type == "immediate" or p.started_at is not None) \

@@ -148,6 +148,14 @@ class WorkerProcess:
         self.group.stop()
 
 
+class WebhookWorkerProcess(WorkerProcess):
+    """A worker of the Procfile's `webhooks` line: the webhooks queue only, on a thread pool."""
+
+    def __init__(self, concurrency: int = 8, **env):
+        super().__init__(concurrency, **env)
+        self.group.argv += ["-Q", "webhooks", "--pool", "threads"]
+
+
 @pytest.fixture(scope="session")
 def celery_worker(database):
     broker = redis.Redis.from_url(BROKER_URL)

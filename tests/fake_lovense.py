@@ -76,19 +76,21 @@ class FakeLovense:
 
     def plays(self, uid) -> list[dict]:
         """What the uid's toy played: one entry per accepted buzz, {"command", "start", "end" (when it stopped),
-        "seconds" (how long it ran), "cut" (ended by another command before its timeSec)}. A Stop plays nothing."""
+        "seconds" (how long it ran), "cut" (ended by another command before its timeSec), "cut_by" ("stop", "command"
+        or None)}. A Stop plays nothing."""
         with self._lock:
             received = sorted((r for r in self.requests if r["path"] == "/api/lan/v2/command" and r.get("accepted")
                                and (r["json"] or {}).get("uid") == str(uid)), key=lambda r: r["at"])
         plays = []
         for r in received:
             body = r["json"]
-            if plays and plays[-1]["end"] > r["at"] and (body.get("action") == "Stop"
-                                                          or body.get("stopPrevious", 1) != 0):
-                plays[-1].update(end=r["at"], cut=True)
-            if body.get("action") != "Stop":
+            stop = body.get("action") == "Stop"
+            if plays and plays[-1]["end"] > r["at"] and (stop or body.get("stopPrevious", 1) != 0):
+                plays[-1].update(end=r["at"], cut=True, cut_by="stop" if stop else "command")
+            if not stop:
                 seconds = body.get("timeSec") or float("inf")
-                plays.append({"command": body, "start": r["at"], "end": r["at"] + seconds, "cut": False})
+                plays.append({"command": body, "start": r["at"], "end": r["at"] + seconds, "cut": False,
+                              "cut_by": None})
         for play in plays:
             play["seconds"] = play["end"] - play["start"]
         return plays

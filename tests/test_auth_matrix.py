@@ -108,6 +108,16 @@ ROUTES: dict[tuple[str, str], Route | None] = {
     ("GET", "/admin/revenue"): Route(roles=ADMIN),
     ("GET", "/admin/payables"): Route(roles=ADMIN),
     ("POST", "/lovense/activations/<uuid:purchase_id>/resend"): Route(roles=ADMIN),
+    ("POST", "/events/ticket"): Route(),
+    ("GET", "/events/stream"): Route(),  # or with a ticket instead of the token (test_events.py)
+    ("POST", "/admin/webhooks"): Route(roles=ADMIN),
+    ("GET", "/admin/webhooks"): Route(roles=ADMIN),
+    ("GET", "/admin/webhooks/<uuid:endpoint_id>"): Route(roles=ADMIN),
+    ("POST", "/admin/webhooks/<uuid:endpoint_id>/disable"): Route(roles=ADMIN),
+    ("POST", "/admin/webhooks/<uuid:endpoint_id>/enable"): Route(roles=ADMIN),
+    ("POST", "/admin/webhooks/<uuid:endpoint_id>/rotate-secret"): Route(roles=ADMIN),
+    ("POST", "/admin/webhooks/<uuid:endpoint_id>/replay"): Route(roles=ADMIN),
+    ("GET", "/admin/webhooks/<uuid:endpoint_id>/deliveries"): Route(roles=ADMIN),
 }
 
 
@@ -172,6 +182,7 @@ class World:
             "user_ref": self.owner_fan.id,
             "model_ref": self.owner_model.id,
             "purchase_id": self.purchase_id,
+            "endpoint_id": uuid.uuid4(),
         }
 
 

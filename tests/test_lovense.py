@@ -41,7 +41,7 @@ TEASE_HIGH = {"name": "Lovense Tease - High", "token_value": 100, "bonus_loyalty
               "lovense_activation": lovense("vibrator", 18, 20, 500, "wave")}
 CONTROL_5_MIN = {"name": "Control My Lovense 5 minutes", "token_value": 1000, "bonus_loyalty_points": 1100,
                  "lovense_activation": lovense("all", 20, 300, 1000, "custom")}
-FINAL = ("sent", "failed", "skipped")
+FINAL = ("sent", "failed", "skipped", "unconfirmed")
 
 
 def issue_pairing(model_id, minutes=15) -> str:
@@ -239,17 +239,38 @@ def test_permanent_error_fails_after_one_try_and_an_admin_can_resend(client, fac
     assert client.get("/lovense/activations?status=failed", headers=admin_headers).json["total"] == 0
 
 
-def test_hanging_lovense_times_out_is_retried_and_finally_fails(client, factory, fake_lovense):
-    fan = factory.user("fan", tokens=100)
-    model, menu = paired_model_with(client, factory, TEASE_LOW)
-    fake_lovense.script("/api/lan/v2/command", default=hang(3))  # the read timeout is 0.5 s
+def test_no_answer_is_unconfirmed_never_sent_again_and_an_admin_can_resend(client, factory, fake_lovense):
+    # The fake takes the command (the toy plays it) and answers after 3 s; the read timeout is 0.5 s. Sending it again
+    # would play it twice, so it is recorded `unconfirmed` and left alone.
+    fan, admin = factory.user("fan", tokens=100), factory.user("admin")
+    item = {**TEASE_LOW, "lovense_activation": {**TEASE_LOW["lovense_activation"], "duration_ms": 3000,
+                                                "timing_offset": 0}}
+    model, menu = paired_model_with(client, factory, item)
+    fake_lovense.script("/api/lan/v2/command", hang(3))
     purchase_id = buy(client, factory, fan, menu, menu.created_items[0])
-    row = wait_activation(purchase_id, timeout=20)
-    assert (row.status, row.attempts, row.last_error) == ("failed", 3, "timeout")
-    assert len(fake_lovense.commands()) == 3  # LOVENSE_MAX_ATTEMPTS
+    row = wait_activation(purchase_id)
+    assert (row.status, row.attempts, row.last_error, row.sending_since) == ("unconfirmed", 1, "read_timeout", None)
+    # Its slot is kept as if it plays (from the moment the outcome was known): the fan sees it playing.
+    assert row.starts_at.timestamp() >= fake_lovense.requests[0]["at"]
+    assert (row.ends_at - row.starts_at).total_seconds() == 3
+    toy = client.get(f"/menu/purchase/{purchase_id}/status", headers=factory.headers(fan)).json["toy"]
+    assert (toy["status"], toy["position"]) == ("playing", 0)
+    time.sleep(1.0)  # longer than any backoff: no retry comes
+    assert len(fake_lovense.commands(uid=model.id)) == 1
+    assert len(fake_lovense.plays(model.id)) == 1  # the toy played it once
     assert get_purchase(purchase_id).status == "completed"
     assert balance(fan.id, "wallet") == 80
     assert_books_balance()
+
+    # An operator who knows it did not play sends it again.
+    admin_headers = factory.headers(admin)
+    listed = client.get("/lovense/activations?status=unconfirmed", headers=admin_headers).json
+    assert [(a["purchase_id"], a["last_error"]) for a in listed["activations"]] == [(str(purchase_id), "read_timeout")]
+    r = client.post(f"/lovense/activations/{purchase_id}/resend", headers=admin_headers)
+    assert r.status_code == 202, r.json
+    row = wait_activation(purchase_id)
+    assert (row.status, row.attempts, row.last_error) == ("sent", 1, None)
+    assert len(fake_lovense.plays(model.id)) == 2
 
 
 def test_unreachable_lovense_is_a_retryable_connection_error():
@@ -261,7 +282,29 @@ def test_unreachable_lovense_is_a_retryable_connection_error():
     lovense_client = LovenseClient(RUNTIME.settings)
     lovense_client.base_url = f"http://127.0.0.1:{dead_port}"
     outcome = lovense_client.send("uid-1", build_command(TEASE_LOW["lovense_activation"]))
-    assert (outcome.ok, outcome.error, outcome.retryable) == (False, "connection_error", True)
+    assert (outcome.ok, outcome.error, outcome.retryable, outcome.unknown) == (False, "connection_error", True, False)
+
+
+def test_a_connection_dropped_after_the_request_went_out_is_unknown():
+    import socket
+
+    from models.services.lovense_api import LovenseClient
+
+    server = socket.create_server(("127.0.0.1", 0))  # reads the request, then closes without an answer
+
+    def drop():
+        conn, _ = server.accept()
+        conn.recv(65536)
+        conn.close()
+
+    threading.Thread(target=drop, daemon=True).start()
+    lovense_client = LovenseClient(RUNTIME.settings)
+    lovense_client.base_url = f"http://127.0.0.1:{server.getsockname()[1]}"
+    try:
+        outcome = lovense_client.send("uid-1", build_command(TEASE_LOW["lovense_activation"]))
+    finally:
+        server.close()
+    assert (outcome.ok, outcome.error, outcome.retryable, outcome.unknown) == (False, "connection_lost", False, True)
 
 
 def test_task_delivered_several_times_sends_one_command(client, factory, fake_lovense):

@@ -329,7 +329,7 @@ def refund_purchase(body, purchase_id):
     if purchase is None:
         raise ApiError(404, "not_found", "No such purchase")
     try:
-        escrow.refund(session, purchase, body["reason"], settings().tz, actor_id=current_user_id())
+        escrow.refund(session, purchase, body["reason"], settings().tz, "admin", actor_id=current_user_id())
     except InvalidTransition as exc:
         session.rollback()
         raise ApiError(409, "not_refundable", f"A {exc.current} purchase cannot be refunded",

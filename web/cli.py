@@ -45,7 +45,8 @@ def server_answers(base: str, seconds: float) -> bool:
 
 def service_lines(settings) -> list[str]:
     base = settings.base_url
-    lines = [f"API       {base}", f"docs      {base}/docs", f"metrics   {base}/metrics"]
+    lines = [f"API       {base}", f"docs      {base}/docs", f"metrics   {base}/metrics",
+             f"events    {settings.stream_base_url}"]
     if not settings.embedded:
         lines.append(f"Flower    http://127.0.0.1:{settings.flower_port}")
     return lines + [f"database  {safe_url(settings.database_url)}"]

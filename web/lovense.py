@@ -39,7 +39,7 @@ MODEL_ID = "7e6d5c4b-3a29-4181-9f0e-1d2c3b4a5f6e"
 LINK_EXAMPLE = {"linked": True, "uid": MODEL_ID, "toys": {"a1b2c3": {"name": "lush", "status": "1"}},
                 "linked_at": "2024-06-01T12:00:00+00:00"}
 ACTIVATION_EXAMPLE = {"id": 7, "purchase_id": "0b6f3c8e-2a51-4d0e-9f7a-5c1d2e3f4a5b", "model_id": MODEL_ID,
-                      "status": "failed", "attempts": 5, "last_error": "timeout",
+                      "status": "failed", "attempts": 5, "last_error": "lovense_507",
                       "created_at": "2024-06-01T12:00:00+00:00", "updated_at": "2024-06-01T12:02:00+00:00",
                       "last_attempt_at": "2024-06-01T12:02:00+00:00", "sent_at": None}
 
@@ -261,15 +261,16 @@ def list_activations(query):
 @blp.response(202, ActivationOut, example={**ACTIVATION_EXAMPLE, "status": "pending", "attempts": 0,
                                            "last_error": None})
 @error(404, description="not_found: no activation for this purchase")
-@error(409, description="conflict: the activation is not failed, skipped or expired")
+@error(409, description="conflict: the activation is not failed, skipped, expired or unconfirmed")
 def resend(purchase_id):
-    """Send a failed, skipped or expired activation again, with a fresh attempt count and a new slot at the end of
-    the model's timeline."""
+    """Send a failed, skipped, expired or unconfirmed activation again, with a fresh attempt count and a new slot at
+    the end of the model's timeline (an unconfirmed one may have played already: it is the operator's call)."""
     session = db()
     try:
         row = reset_for_resend(session, purchase_id)
     except ValueError as exc:
-        raise ApiError(409, "conflict", f"The activation is {exc}; only failed, skipped or expired ones are re-sent") from None
+        raise ApiError(409, "conflict",
+                       f"The activation is {exc}; only failed, skipped, expired or unconfirmed ones are re-sent") from None
     if row is None:
         raise ApiError(404, "not_found", "No activation for this purchase")
     audit(session, "lovense.resend", purchase_id, current_user_id())

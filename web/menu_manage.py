@@ -9,6 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import selectinload
 
 from models.audit import audit
+from models.outbox import MENU_CHANGED, emit
 from models.menu_schemas import MenuFieldsIn, MenuIn, MenuItemIn
 from models.menus import LimitReached, Menu, MenuItem, MenuWhitelist, add_item, create_menu, duplicate_menu
 from models.users import User
@@ -72,8 +73,14 @@ def limit_error(exc: LimitReached) -> ApiError:
     return ApiError(422, code, f"At most {exc.limit} {exc.what}")
 
 
+def _changed(session, action: str, model_id, menu_id, item_id=None, **data) -> None:
+    """Audit a change of the model's menus and tell the event stream (one `menu.changed` event)."""
+    audit(session, action, item_id or menu_id, current_user_id(), **data)
+    emit(session, MENU_CHANGED, model_id=model_id, change=action, menu_id=menu_id, item_id=item_id)
+
+
 def _commit_menu(session, menu: Menu, action: str) -> dict:
-    audit(session, action, menu.id, current_user_id())
+    _changed(session, action, menu.model_id, menu.id)
     session.commit()
     session.refresh(menu)
     return menu_view(session, menu, owner_view=True)
@@ -166,7 +173,7 @@ def create_item(body, menu_id):
         item = add_item(session, menu, body)
     except LimitReached as exc:
         raise limit_error(exc) from None
-    audit(session, "menu_item.created", item.id, current_user_id())
+    _changed(session, "menu_item.created", menu.model_id, menu.id, item.id)
     session.commit()
     mark_toy_status(session, [item], menu.model_id)
     return item
@@ -184,7 +191,7 @@ def update_item(body, menu_id, item_id):
     item = own_item(session, menu_id, item_id)
     for name, value in body.items():
         setattr(item, name, value)
-    audit(session, "menu_item.updated", item.id, current_user_id(), fields=sorted(body))
+    _changed(session, "menu_item.updated", item.menu.model_id, item.menu_id, item.id, fields=sorted(body))
     session.commit()
     mark_toy_status(session, [item], item.menu.model_id)
     return item
@@ -194,7 +201,8 @@ def _switch_item(menu_id, item_id, active: bool):
     session = db()
     item = own_item(session, menu_id, item_id)
     item.is_active = active
-    audit(session, "menu_item.activated" if active else "menu_item.deactivated", item.id, current_user_id())
+    _changed(session, "menu_item.activated" if active else "menu_item.deactivated", item.menu.model_id,
+             item.menu_id, item.id)
     session.commit()
     mark_toy_status(session, [item], item.menu.model_id)
     return item

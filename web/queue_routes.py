@@ -160,7 +160,7 @@ def complete_entry(purchase_id):
 def reject_entry(body, purchase_id):
     """Reject a queued or in-progress entry: the escrow goes back to the fan; `reason` becomes refund_reason."""
     return _act(purchase_id, "model_id",
-                lambda s, p, actor: escrow.refund(s, p, body["reason"], settings().tz, actor_id=actor))
+                lambda s, p, actor: escrow.refund(s, p, body["reason"], settings().tz, "model", actor_id=actor))
 
 
 def _cancel(session, purchase, actor_id):
@@ -168,7 +168,7 @@ def _cancel(session, purchase, actor_id):
         raise ApiError(409, "already_started", "The model has started this entry; it can no longer be cancelled")
     if purchase.status != "queued":
         raise InvalidTransition(purchase.status, "refunded")
-    escrow.refund(session, purchase, "cancelled_by_fan", settings().tz, actor_id=actor_id)
+    escrow.refund(session, purchase, "cancelled_by_fan", settings().tz, "fan", actor_id=actor_id)
 
 
 @blp.route("/<uuid:purchase_id>/cancel", methods=["POST"])

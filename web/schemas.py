@@ -105,12 +105,13 @@ class ToySlotOut(Schema):
     """A purchase's toy buzz and its place on the model's timeline (docs/architecture.md, "Lovense")."""
 
     status = fields.String(metadata={"description": "pending (waiting), playing, sent (played), failed, skipped, "
-                                                    "stopped or expired"})
+                                                    "stopped, expired or unconfirmed (sent, no answer: it may have "
+                                                    "played)"})
     position = fields.Integer(allow_none=True, metadata={"description": "0: playing now; n: n slots ahead"})
     starts_at = fields.DateTime(allow_none=True)
     ends_at = fields.DateTime(allow_none=True)
-    reason = fields.String(allow_none=True, metadata={"description": "why it failed, was skipped, stopped or "
-                                                                     "expired"})
+    reason = fields.String(allow_none=True, metadata={"description": "why it failed, was skipped, stopped, "
+                                                                     "expired or is unconfirmed"})
 
 
 class PurchaseOut(Schema):

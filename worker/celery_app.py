@@ -17,6 +17,9 @@ from models.services.activations import toy_items_without_lovense
 log = logging.getLogger(__name__)
 celery = Celery("perfmenu", include=["worker.tasks"])
 celery.runtime = None
+# Webhook delivery runs on its own queue, consumed by its own worker line (Procfile `webhooks`, a thread pool): a
+# slow endpoint never holds a settlement worker, and the `worker` line (default queue only) never takes it.
+WEBHOOK_QUEUE = "webhooks"
 
 
 def celery_config(settings) -> dict:
@@ -38,6 +41,7 @@ def celery_config(settings) -> dict:
         timezone="UTC",
         enable_utc=True,
         beat_schedule=beat_schedule(settings),
+        task_routes={"perfmenu.deliver_webhooks": {"queue": WEBHOOK_QUEUE}},
     )
 
 
@@ -50,6 +54,9 @@ def beat_schedule(settings) -> dict:
         "sweep-escrow-deadlines": ("perfmenu.sweep_escrow_deadlines", settings.escrow_sweep_interval_seconds),
         "reconcile-queues": ("perfmenu.reconcile_queues", settings.queue_reconcile_interval_seconds),
         "sweep-activations": ("perfmenu.sweep_activations", settings.activation_sweep_interval_seconds),
+        "sweep-timelines": ("perfmenu.sweep_timelines", settings.timeline_sweep_interval_seconds),
+        "relay-outbox": ("perfmenu.relay_outbox", settings.outbox_relay_interval_seconds),
+        "dispatch-webhooks": ("perfmenu.dispatch_webhooks", settings.outbox_relay_interval_seconds),
     }
     # A run not picked up before the next one is due expires: a stopped worker does not come back to a pile.
     return {

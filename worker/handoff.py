@@ -8,9 +8,16 @@ import logging
 from models.services import settle_signal
 
 from .celery_app import bind_runtime
-from .tasks import after_queue_change, request_activation, request_stop, settle_purchases
+from .tasks import (
+    after_queue_change,
+    request_activation,
+    request_stop,
+    request_webhook_delivery,
+    settle_purchases,
+)
 
-__all__ = ["after_queue_change", "connect", "request_activation", "request_settlement", "request_stop"]
+__all__ = ["after_queue_change", "connect", "request_activation", "request_settlement", "request_stop",
+           "request_webhook_delivery"]
 
 log = logging.getLogger(__name__)
 

@@ -7,8 +7,10 @@ import uuid
 from collections import Counter
 from datetime import timedelta
 
-from sqlalchemy import or_, select
+from sqlalchemy import event, or_, select
+from sqlalchemy.orm import Session
 
+from models import outbox, webhooks
 from models.infra.metrics import count_outcomes, count_settled
 from models.ledger import lock_accounts
 from models.lovense import LovenseActivation, activation_enabled
@@ -158,7 +160,7 @@ def sweep_deadlines(now=None) -> int:
                 # Every account of the batch locked at once, in id order (as settlement does): no deadlock.
                 lock_accounts(session, {p.fan_id for p in due} | {p.model_id for p in due})
                 for p in due:
-                    escrow.refund(session, p, "deadline_passed", rt.settings.tz, now=now)
+                    escrow.refund(session, p, "deadline_passed", rt.settings.tz, "deadline", now=now)
             session.commit()
         after_queue_change(rt, due)
         total += len(due)
@@ -190,33 +192,43 @@ def reconcile_queues() -> dict:
 
 ACTIVATION_SWEEP_GRACE = timedelta(seconds=30)
 ACTIVATION_SWEEP_WINDOW = timedelta(days=1)
+TIMELINE_SWEEP_GRACE = timedelta(seconds=3)  # a model's first waiting slot this late with no live task lost it
 
 
-def sweep_activations(now=None, rt=None) -> int:
-    """Beat's safety net for toy activations whose task was lost (a Redis restart empties the broker): ask
-    again for every recent purchase that should have one and has no row, or whose waiting slot is overdue and
-    unclaimed (or its lease ran out). Asking twice is safe: one activation per purchase, a claimed row is left to
-    its task, and a slot that is not first on its timeline waits. With the kill switch on, it stops playing toys."""
+def sweep_activations(now=None, rt=None, missing=True) -> int:
+    """Beat's safety net for toy activations whose task was lost (a Redis restart empties the broker, a worker
+    died). Every run asks again for each model's first waiting slot once it is TIMELINE_SWEEP_GRACE past its start
+    and unclaimed (or its lease ran out): a cheap query (pending rows; "first" on the model/status/start index), run
+    every TIMELINE_SWEEP_INTERVAL_SECONDS (`perfmenu.sweep_timelines`), so a lost follow-up stalls a timeline for
+    seconds, not minutes. With `missing` (`perfmenu.sweep_activations`, every ACTIVATION_SWEEP_INTERVAL_SECONDS) it
+    also asks for every recent purchase that should have an activation and has no row, and for any pending row
+    overdue by ACTIVATION_SWEEP_GRACE; that reads the last day's purchases, so it runs less often. Asking twice is
+    safe: one activation per purchase, a claimed row is left to its task, and a slot that is not first on its
+    timeline waits. With the kill switch on, the full run stops playing toys."""
     rt = rt or runtime()
     now = now or utcnow()
     overdue = now - ACTIVATION_SWEEP_GRACE
+    playing = []
     with rt.session_scope() as session:
-        missing = session.scalars(
-            select(Purchase)
-            .outerjoin(LovenseActivation, LovenseActivation.purchase_id == Purchase.id)
-            .where(LovenseActivation.id.is_(None),
-                   or_(Purchase.status == "completed", Purchase.started_at.is_not(None)),
-                   Purchase.created_at > now - ACTIVATION_SWEEP_WINDOW,
-                   Purchase.created_at < overdue)
-        ).all()
-        due = [p.id for p in missing if activation_enabled(p.lovense_activation)]
-        due += list(session.scalars(
-            select(LovenseActivation.purchase_id).where(
-                LovenseActivation.status == "pending",
-                or_(LovenseActivation.starts_at.is_(None), LovenseActivation.starts_at < overdue),
-                or_(LovenseActivation.locked_until.is_(None), LovenseActivation.locked_until < overdue))
-        ))
-        playing = [] if rt.settings.lovense_enabled else activations.playing_models(session, now)
+        due = activations.stalled_slots(session, now - TIMELINE_SWEEP_GRACE, now)
+        if missing:
+            without_row = session.scalars(
+                select(Purchase)
+                .outerjoin(LovenseActivation, LovenseActivation.purchase_id == Purchase.id)
+                .where(LovenseActivation.id.is_(None),
+                       or_(Purchase.status == "completed", Purchase.started_at.is_not(None)),
+                       Purchase.created_at > now - ACTIVATION_SWEEP_WINDOW,
+                       Purchase.created_at < overdue)
+            ).all()
+            due += [p.id for p in without_row if activation_enabled(p.lovense_activation)]
+            due += list(session.scalars(
+                select(LovenseActivation.purchase_id).where(
+                    LovenseActivation.status == "pending",
+                    or_(LovenseActivation.starts_at.is_(None), LovenseActivation.starts_at < overdue),
+                    or_(LovenseActivation.locked_until.is_(None), LovenseActivation.locked_until < overdue))
+            ))
+            playing = [] if rt.settings.lovense_enabled else activations.playing_models(session, now)
+    due = list(dict.fromkeys(due))
     for purchase_id in due:
         request_activation(purchase_id)
     for model_id in playing:
@@ -229,6 +241,11 @@ def sweep_activations(now=None, rt=None) -> int:
 @celery.task(name="perfmenu.sweep_activations")
 def sweep_activations_task() -> int:
     return sweep_activations()
+
+
+@celery.task(name="perfmenu.sweep_timelines")
+def sweep_timelines_task() -> int:
+    return sweep_activations(missing=False)
 
 
 @celery.task(name="perfmenu.activate_toy")
@@ -258,3 +275,140 @@ def stop_toy(model_id, purchase_id=None, reason="stopped", uid=None) -> dict:
     flight."""
     step = activations.stop(runtime(), model_id, purchase_id, reason, uid)
     return _after_step(step, stop_toy, [model_id, purchase_id, reason, uid])
+
+
+# Events out (models/outbox.py): the relay numbers committed events, adds their webhook deliveries and publishes
+# them to the live streams.
+RELAY_SCHEDULED_KEY = "perfmenu:outbox:relay-scheduled"
+RELAY_SCHEDULED_TTL_SECONDS = 5
+
+
+def request_relay(rt) -> None:
+    """After a commit that wrote events: publish a relay task unless one is scheduled and has not started (it
+    will see these events). Never raises: beat's relay run is the safety net."""
+    try:
+        if rt.settings.embedded or rt.redis.set(RELAY_SCHEDULED_KEY, "1", nx=True, ex=RELAY_SCHEDULED_TTL_SECONDS):
+            relay_outbox.apply_async()
+    except Exception:
+        log.exception("relay hand-off failed")
+
+
+@event.listens_for(Session, "after_commit")
+def _relay_after_commit(session) -> None:
+    if not session.info.pop("outbox_written", False) or celery.runtime is None:
+        return
+    if celery.current_task is not None and not celery.conf.task_always_eager:
+        # Inside a task (settlement, the toy, a sweep): relay at once in this process. A relay task would wait
+        # in the queue behind the very settle tasks that wrote the events.
+        try:
+            relay(celery.runtime)
+            return
+        except Exception:
+            log.exception("inline relay failed; asking for a relay task")
+    request_relay(celery.runtime)
+
+
+@event.listens_for(Session, "after_rollback")
+def _nothing_to_relay(session) -> None:
+    session.info.pop("outbox_written", None)
+
+
+def relay(rt) -> int:
+    """Number, fan out and publish every unnumbered event, in batches; returns how many."""
+    total = 0
+    while True:
+        with rt.session_scope() as session:
+            events = outbox.sequence(session)
+            endpoints = webhooks.add_deliveries(session, events) if events else set()
+            session.commit()
+        if not events:
+            return total
+        total += len(events)
+        try:
+            outbox.publish(rt.redis, events)
+        except Exception:
+            # The streams read what they missed from the database (web/events.py).
+            log.exception("events not published", extra={"first": events[0].seq, "last": events[-1].seq})
+        for endpoint_id in endpoints:
+            request_webhook_delivery(endpoint_id)
+        if len(events) < outbox.RELAY_BATCH:
+            return total
+
+
+@celery.task(name="perfmenu.relay_outbox")
+def relay_outbox() -> int:
+    rt = runtime()
+    try:
+        rt.redis.delete(RELAY_SCHEDULED_KEY)  # a commit from now on schedules another run
+    except Exception:
+        log.exception("relay flag not cleared")  # it expires on its own
+    return relay(rt)
+
+
+# Webhook delivery (models/webhooks.py): one loop per endpoint, on the `webhooks` queue and its own worker line
+# (Procfile), so settlement never waits on an endpoint and an endpoint's run holds one of that pool's threads.
+FOLLOW_UP_MAX_SECONDS = 60  # a retry due sooner gets a run with a countdown; a later one is beat's dispatch's
+FOLLOW_UP_SLACK_SECONDS = 0.1  # the countdown run comes just after the endpoint's backoff ends, never before
+
+
+def request_webhook_delivery(endpoint_id) -> None:
+    """Ask for a run of the endpoint's delivery loop, unless one is scheduled and has not started (it will see
+    what is due) or the endpoint is backing off. Never raises: beat's dispatch finds every due delivery."""
+    try:
+        rt = runtime()
+        if webhooks.promise_run(rt.redis, endpoint_id):
+            try:
+                deliver_webhooks.apply_async(args=[str(endpoint_id)])
+            except Exception:
+                webhooks.clear_scheduled(rt.redis, endpoint_id)  # the next request publishes
+                raise
+    except Exception:
+        log.exception("webhook hand-off failed", extra={"endpoint_id": str(endpoint_id)})
+
+
+@celery.task(name="perfmenu.deliver_webhooks")
+def deliver_webhooks(endpoint_id) -> dict:
+    """One run of the endpoint's delivery loop (models/webhooks.deliver_due), then what follows it: a failure
+    retried soon gets a run with a countdown; a run whose time was up, or that went idle while a delivery came
+    due (its request found the lock taken), asks for the next. Returns the run's outcome for Flower."""
+    rt = runtime()
+    endpoint_id = uuid.UUID(str(endpoint_id))
+    try:
+        webhooks.clear_scheduled(rt.redis, endpoint_id)
+    except Exception:
+        log.exception("webhook run flag not cleared")  # it expires on its own
+    run = webhooks.deliver_due(rt, endpoint_id)
+    if run.outcome == "failed":
+        # Embedded mode runs tasks inline and ignores a countdown: its retries wait for the next event.
+        if run.retry_in <= FOLLOW_UP_MAX_SECONDS and not celery.conf.task_always_eager:
+            try:
+                deliver_webhooks.apply_async(args=[str(endpoint_id)],
+                                             countdown=run.retry_in + FOLLOW_UP_SLACK_SECONDS)
+            except Exception:
+                log.exception("webhook retry not scheduled", extra={"endpoint_id": str(endpoint_id)})
+    elif run.outcome == "more" or run.outcome == "idle" and _webhook_due(rt, endpoint_id):
+        request_webhook_delivery(endpoint_id)
+    return {"outcome": run.outcome, "delivered": run.delivered}
+
+
+def _webhook_due(rt, endpoint_id) -> bool:
+    with rt.session_scope() as session:
+        return webhooks.has_due(session, endpoint_id)
+
+
+def dispatch_webhooks(rt=None) -> dict:
+    """Beat's safety net for webhooks: deliveries past their retry period become dead, and every endpoint with a
+    delivery due gets a run (a run lost with its worker, a retry later than a countdown's reach)."""
+    rt = rt or runtime()
+    with rt.session_scope() as session:
+        dead = webhooks.mark_overdue_dead(session, rt.settings)
+        session.commit()
+        endpoint_ids = webhooks.due_endpoints(session)
+    for endpoint_id in endpoint_ids:
+        request_webhook_delivery(endpoint_id)
+    return {"dead": dead, "endpoints": len(endpoint_ids)}
+
+
+@celery.task(name="perfmenu.dispatch_webhooks")
+def dispatch_webhooks_task() -> dict:
+    return dispatch_webhooks()

@@ -54,7 +54,8 @@ class JsonFormatter(logging.Formatter):
 # Beat's periodic jobs: Celery logs each one it sends, receives and finishes at INFO, lines every few seconds
 # that say nothing. They are DEBUG here; a job that changes something logs its own INFO line.
 ROUTINE_TASKS = ("perfmenu.sweep_pending", "perfmenu.sweep_escrow_deadlines", "perfmenu.reconcile_queues",
-                 "perfmenu.sweep_activations")
+                 "perfmenu.sweep_activations", "perfmenu.sweep_timelines", "perfmenu.relay_outbox",
+                 "perfmenu.dispatch_webhooks")
 
 
 class RoutineTaskLines(logging.Filter):

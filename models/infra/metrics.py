@@ -33,9 +33,10 @@ SETTLEMENT_LATENCY = Histogram(
     "perfmenu_settlement_latency_seconds", "Time from a purchase's creation to its settlement by the worker",
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
 )
-# result: sent | retry (a retryable failure, sent again later) | failed (given up); skips are not attempts.
+# result: sent | retry (a retryable failure, sent again later) | failed (given up) | unconfirmed (no answer: maybe
+# played, never sent again); skips are not attempts.
 LOVENSE_ATTEMPTS = Counter("perfmenu_lovense_attempts_total", "Lovense activation attempts by result", ["result"])
-for _result in ("sent", "retry", "failed"):
+for _result in ("sent", "retry", "failed", "unconfirmed"):
     LOVENSE_ATTEMPTS.labels(result=_result)  # every series scraped from the start, at 0
 # How late each toy buzz started against its slot as first planned (0: on time; a retry or a busy toy adds up).
 LOVENSE_SLOT_LAG = Histogram(

@@ -17,9 +17,13 @@ The database holds all of it, so a lost task, a restart or a duplicate neither s
 - skips (kill switch, no developer token, unpaired model) or fails (invalid snapshot) without sending;
 - takes the model's Redis lock (one command in flight per model) and a slot of the model's rate cap; if
   either is busy it keeps the claim and asks to be run again shortly, without counting an attempt;
-- sends the command with no database transaction open, then records the attempt: `sent`, a retry after an
-  exponential backoff with jitter (timeouts, connection errors, HTTP 5xx, reply code 507, up to
-  LOVENSE_MAX_ATTEMPTS), or `failed` with the last error code.
+- marks the row `sending_since` and sends the command with no database transaction open, then records the attempt:
+  `sent`, a retry after an exponential backoff with jitter (nothing reached Lovense: connect timeouts, refused
+  connections; or it refused: HTTP 5xx, reply code 507; up to LOVENSE_MAX_ATTEMPTS), `unconfirmed` (the request went
+  out and no answer came: a read timeout or a dropped connection), or `failed` with the last error code.
+At most once: a send whose outcome is unknown is never repeated on its own, since the toy may be playing it. A
+task that claims a row still marked `sending_since` knows its last holder died mid-send: the row becomes
+`unconfirmed` (`worker_lost`) without a send. An operator may re-send an unconfirmed one.
 Nothing here touches the purchase or the ledger: a toy failure never changes a settlement.
 """
 from __future__ import annotations
@@ -37,6 +41,7 @@ from ..audit import audit
 from ..infra.metrics import LOVENSE_ATTEMPTS, LOVENSE_SLOT_LAG
 from ..lovense import LovenseActivation, LovenseLink, activation_enabled, toy_unavailable
 from ..menus import Menu, MenuItem
+from ..outbox import TOY_EVENTS, emit
 from ..purchases import Purchase
 from ..types import utcnow
 from ..users import User
@@ -103,11 +108,12 @@ def take_rate_slot(redis, model_id, limit: int, window_seconds: int, now: float 
 
 A = LovenseActivation
 WAITING = A.status == "pending"
+PLAYED = ("sent", "unconfirmed")  # on the toy during their slot (unconfirmed: maybe; its slot is kept free anyway)
 
 
 def _playing(now):
     """Rows whose buzz is on the toy now."""
-    return and_(A.status == "sent", A.ends_at > now)
+    return and_(A.status.in_(PLAYED), A.ends_at > now)
 
 
 def _lock_timeline(session, model_id) -> None:
@@ -180,6 +186,18 @@ def _first_waiting(session, model_id):
                           .order_by(A.starts_at, A.id).limit(1))
 
 
+def stalled_slots(session, overdue, now=None) -> list:
+    """Purchase ids of each model's first waiting slot if its start is before `overdue` and no live task holds it
+    (unclaimed, or its lease ran out): its follow-up task was lost, and the timeline waits until it is asked for again.
+    Reads the pending rows once (the earliest start per model), then each first slot on
+    ix_lovense_activations_model_status_starts."""
+    now = now or utcnow()
+    first = select(A.model_id, func.min(A.starts_at).label("starts_at")).where(WAITING).group_by(A.model_id).subquery()
+    return list(session.scalars(
+        select(A.purchase_id).join(first, and_(A.model_id == first.c.model_id, A.starts_at == first.c.starts_at))
+        .where(WAITING, A.starts_at < overdue, or_(A.claim_token.is_(None), A.locked_until < now))))
+
+
 def timeline(session, model_id, now=None) -> list[dict]:
     """The model's timeline: what plays now, then what waits, in order, each with its purchase, fan and item."""
     now = now or utcnow()
@@ -188,7 +206,7 @@ def timeline(session, model_id, now=None) -> list[dict]:
         .where(A.model_id == model_id, or_(and_(WAITING, A.starts_at.is_not(None)), _playing(now)))
         .order_by(A.starts_at, A.id)).all()
     return [{"purchase_id": a.purchase_id, "fan_id": p.fan_id, "item_id": p.item_id, "item_name": p.item_name,
-             "status": "playing" if a.status == "sent" else "waiting", "position": i,
+             "status": "waiting" if a.status == "pending" else "playing", "position": i,
              "starts_at": a.starts_at, "ends_at": a.ends_at,
              "duration_seconds": (a.ends_at - a.starts_at).total_seconds()} for i, (a, p) in enumerate(rows)]
 
@@ -203,8 +221,8 @@ def slot_of(session, purchase_id, now=None) -> dict | None:
     view = {"status": row.status, "position": None, "starts_at": row.starts_at, "ends_at": row.ends_at,
             "reason": row.last_error}
     on_timeline = row.starts_at is not None and (row.status == "pending" or
-                                                 (row.status == "sent" and row.ends_at > now))
-    if row.status == "sent" and on_timeline:
+                                                 (row.status in PLAYED and row.ends_at > now))
+    if row.status in PLAYED and on_timeline:
         view["status"] = "playing"
     if on_timeline:
         view["position"] = session.scalar(select(func.count()).select_from(A).where(
@@ -225,6 +243,13 @@ def timeline_stats(session, now=None) -> dict:
             "lag": max(0.0, (now - oldest).total_seconds()) if oldest is not None else 0.0}
 
 
+def _toy_event(session, row: LovenseActivation) -> None:
+    """The outbox event of a buzz's outcome (models/outbox.py TOY_EVENTS), in the transaction that records it."""
+    fan_id = session.scalar(select(Purchase.fan_id).where(Purchase.id == row.purchase_id))
+    emit(session, TOY_EVENTS[row.status], model_id=row.model_id, fan_id=fan_id, purchase_id=row.purchase_id,
+         status=row.status, reason=row.last_error, starts_at=row.starts_at, ends_at=row.ends_at)
+
+
 def _lease(settings) -> float:
     """How long a claim holds a row: one send's timeouts and a margin."""
     return settings.lovense_connect_timeout + settings.lovense_read_timeout + LEASE_MARGIN_SECONDS
@@ -240,7 +265,9 @@ def _claim(session, purchase_id, mine: str | None, lease_seconds: float) -> str 
     token = uuid.uuid4().hex
     free = or_(LovenseActivation.claim_token.is_(None), LovenseActivation.locked_until < now)
     if mine:
-        free = or_(free, LovenseActivation.claim_token == mine)
+        # Not while a send of ours may be in flight: a redelivery of a task that died mid-send leaves the row to
+        # the claim after the lease, which records it unconfirmed.
+        free = or_(free, and_(LovenseActivation.claim_token == mine, LovenseActivation.sending_since.is_(None)))
     result = session.execute(
         update(LovenseActivation)
         .where(LovenseActivation.purchase_id == purchase_id, LovenseActivation.status == "pending", free)
@@ -252,8 +279,8 @@ def _claim(session, purchase_id, mine: str | None, lease_seconds: float) -> str 
 
 def _finish(runtime, purchase_id, claim: str, status: str, error: str | None = None,
             attempted: bool = False, started=None) -> Next:
-    """Record a final outcome (sent, failed, skipped, expired) if this task still holds the claim; a sent slot
-    plays from `started` for its length. Then the model's waiting slots move up (`replan`)."""
+    """Record a final outcome (sent, unconfirmed, failed, skipped, expired) if this task still holds the claim; a sent
+    or unconfirmed slot plays from `started` for its length. Then the model's waiting slots move up (`replan`)."""
     now = utcnow()
     follow = None
     with runtime.session_scope() as session:
@@ -261,17 +288,19 @@ def _finish(runtime, purchase_id, claim: str, status: str, error: str | None = N
         _lock_timeline(session, model_id)
         row = session.scalar(select(A).where(A.purchase_id == purchase_id, A.claim_token == claim))
         if row is not None:
-            row.status, row.last_error, row.claim_token, row.locked_until, row.updated_at = \
-                status, error, None, None, now
+            row.status, row.last_error, row.claim_token, row.locked_until, row.sending_since, row.updated_at = \
+                status, error, None, None, None, now
             if attempted:
                 row.attempts, row.last_attempt_at = row.attempts + 1, now
             if status == "sent":
                 row.sent_at = now
+            if status in PLAYED:
                 if row.starts_at is not None:
                     length = row.ends_at - row.starts_at
                     row.starts_at, row.ends_at = started, started + length
             session.flush()
             audit(session, f"lovense.{status}", purchase_id, error=error, attempts=row.attempts)
+            _toy_event(session, row)
             follow = replan(session, model_id, now)
         session.commit()
     log.info("lovense activation %s", status, extra={"purchase_id": str(purchase_id), "error": error})
@@ -281,7 +310,7 @@ def _finish(runtime, purchase_id, claim: str, status: str, error: str | None = N
 def _again(runtime, purchase_id, claim: str, delay: float, lease: float, error: str | None = None) -> Next:
     """Keep the claim over `delay` seconds and ask to be run again; with `error`, count a failed attempt."""
     now = utcnow()
-    values = {"locked_until": now + timedelta(seconds=delay + lease), "updated_at": now}
+    values = {"locked_until": now + timedelta(seconds=delay + lease), "sending_since": None, "updated_at": now}
     if error is not None:
         values.update(attempts=LovenseActivation.attempts + 1, last_error=error, last_attempt_at=now)
     with runtime.session_scope() as session:
@@ -293,6 +322,47 @@ def _again(runtime, purchase_id, claim: str, delay: float, lease: float, error: 
         )
         session.commit()
     return Next("pending", delay, claim, error)
+
+
+def _sending(runtime, purchase_id, model_id, claim: str, lease: float) -> Next | None:
+    """Just before the command goes out, under the model's timeline lock: check that it is still this slot's turn
+    (no other buzz of the model plays or is being sent, no slot waits before it, its start has come), then mark
+    the row (and renew the lease for the send), so that if this task dies before recording the outcome the next
+    claim knows the toy may have it. None: send now. Otherwise what to do instead. The turn was checked when the
+    task took its claim, but a claim is kept across retries, and the Redis lock is gone after a Redis restart:
+    this check, in the database, is the one that holds."""
+    now = utcnow()
+    with runtime.session_scope() as session:
+        _lock_timeline(session, model_id)
+        mine = A.purchase_id == purchase_id
+        row = session.scalar(select(A).where(mine, A.claim_token == claim, A.status == "pending"))
+        if row is None:
+            return Next("duplicate")  # the claim ran out meanwhile: its new holder sends it
+        others = and_(A.model_id == model_id, A.id != row.id)
+        busy_until = session.scalar(select(func.max(A.ends_at)).where(others, _playing(now)))
+        # Another send still under way (a dead sender's mark counts only as long as a send can take).
+        in_flight = session.scalar(select(A.id).where(
+            others, WAITING, A.sending_since > now - _send_window(runtime.settings)).limit(1))
+        if in_flight is not None or busy_until is not None:
+            wait = BUSY_RETRY_SECONDS if busy_until is None else (busy_until - now).total_seconds()
+            session.rollback()
+            return _again(runtime, purchase_id, claim, max(BUSY_RETRY_SECONDS, wait), lease)
+        if _first_waiting(session, model_id) != purchase_id:
+            # A slot waits before it: give the claim back; the slot before asks for this one at its start.
+            row.claim_token, row.locked_until, row.updated_at = None, None, now
+            session.commit()
+            return Next("waiting")
+        if row.starts_at is not None and row.starts_at > now:
+            session.rollback()
+            return _again(runtime, purchase_id, claim, (row.starts_at - now).total_seconds(), lease)
+        row.sending_since, row.locked_until, row.updated_at = now, now + timedelta(seconds=lease), now
+        session.commit()
+    return None
+
+
+def _send_window(settings) -> timedelta:
+    """The longest a send can take: past this, a command that went out has reached the toy if it ever will."""
+    return timedelta(seconds=settings.lovense_connect_timeout + settings.lovense_read_timeout)
 
 
 def run(runtime, purchase_id, claim: str | None = None) -> Next:
@@ -326,9 +396,16 @@ def run(runtime, purchase_id, claim: str | None = None) -> Next:
         late = activatable and purchase.transaction_type == "immediate" and row.scheduled_at is not None and \
             (now - row.scheduled_at).total_seconds() > settings.lovense_freshness_seconds
         token = _claim(session, purchase_id, claim, lease)
+        sending_since = session.scalar(select(A.sending_since).where(A.purchase_id == purchase_id)) if token else None
         session.commit()
         if token is None:
             return Next("duplicate")  # another delivery owns it, or it is done
+        if sending_since:
+            # Its last holder died mid-send (the lease ran out): the toy may be playing it, so it is never sent again.
+            # Its slot is kept as if the command had arrived at the latest moment it could have.
+            LOVENSE_ATTEMPTS.labels(result="unconfirmed").inc()
+            return _finish(runtime, purchase_id, token, "unconfirmed", "worker_lost", attempted=True,
+                           started=min(now, sending_since + _send_window(settings)))
         if not activatable:
             # Refunded after the model started it, before the toy was reached: never buzz, never leave it pending.
             return _finish(runtime, purchase_id, token, "skipped", f"purchase_{purchase.status}")
@@ -352,8 +429,11 @@ def run(runtime, purchase_id, claim: str | None = None) -> Next:
         wait = take_rate_slot(redis, model_id, settings.lovense_rate_limit, settings.lovense_rate_window_seconds)
         if wait > 0:
             return _again(runtime, purchase_id, token, wait + random.uniform(0, 0.5), lease)
+        instead = _sending(runtime, purchase_id, model_id, token, lease)
+        if instead is not None:
+            return instead
         outcome = client_for(settings).send(uid, command)
-        # The toy has it by now: its slot runs from here, so the next one never cuts it short.
+        # The toy has it by now (if at all): its slot runs from here, so the next one never cuts it short.
         started = utcnow()
     finally:
         release_model_lock(redis, model_id, lock)
@@ -363,6 +443,10 @@ def run(runtime, purchase_id, claim: str | None = None) -> Next:
         if scheduled_at is not None:
             LOVENSE_SLOT_LAG.observe(max(0.0, (started - scheduled_at).total_seconds()))
         return _finish(runtime, purchase_id, token, "sent", attempted=True, started=started)
+    if outcome.unknown:
+        # The request went out and no answer came: the toy may be playing it. Never sent again on its own.
+        LOVENSE_ATTEMPTS.labels(result="unconfirmed").inc()
+        return _finish(runtime, purchase_id, token, "unconfirmed", outcome.error, attempted=True, started=started)
     attempt = attempts + 1
     if outcome.retryable and attempt < settings.lovense_max_attempts:
         LOVENSE_ATTEMPTS.labels(result="retry").inc()
@@ -388,7 +472,9 @@ def stop(runtime, model_id, purchase_id=None, reason: str = "stopped", uid: str 
         playing = list(session.scalars(select(A.id).where(mine, _playing(now))))
         link = session.get(LovenseLink, model_id)
         uid = uid or (link.uid if link is not None else None)
-        waiting = purchase_id is not None and session.scalar(select(A.id).where(mine, WAITING)) is not None
+        # A row marked mid-send may be playing: it is not skipped here (run() records it unconfirmed).
+        waiting = purchase_id is not None and session.scalar(
+            select(A.id).where(mine, WAITING, A.sending_since.is_(None))) is not None
         token = _claim(session, purchase_id, None, lease) if waiting else None
         session.commit()
     if token is not None:
@@ -399,6 +485,12 @@ def stop(runtime, model_id, purchase_id=None, reason: str = "stopped", uid: str 
     if lock is None:
         return Next("pending", delay=BUSY_RETRY_SECONDS * random.uniform(1, 2))
     try:
+        # Still playing, now that no other command can go out? A slot that ended meanwhile has been followed by the
+        # next one, and a Stop would cut that one short.
+        with runtime.session_scope() as session:
+            playing = list(session.scalars(select(A.id).where(A.id.in_(playing), _playing(utcnow()))))
+        if not playing:
+            return Next("none")
         # The kill switch stops toys too; only a missing developer token or uid leaves nothing to tell Lovense.
         if uid and settings.lovense_developer_token:
             outcome = client_for(settings).send(uid, STOP)
@@ -407,9 +499,12 @@ def stop(runtime, model_id, purchase_id=None, reason: str = "stopped", uid: str 
         with runtime.session_scope() as session:
             _lock_timeline(session, model_id)
             ended = utcnow()
-            for row in session.scalars(select(A).where(A.id.in_(playing), A.status == "sent")):
-                row.status, row.last_error, row.ends_at, row.updated_at = "stopped", reason[:40], ended, ended
-                audit(session, "lovense.stopped", row.purchase_id, error=reason)
+            for row in session.scalars(select(A).where(A.id.in_(playing), A.status.in_(PLAYED))):
+                row.ends_at, row.updated_at = min(ended, row.ends_at), ended
+                if row.status == "sent":  # an unconfirmed one stays so (it may never have played): its slot ends
+                    row.status, row.last_error = "stopped", reason[:40]
+                    audit(session, "lovense.stopped", row.purchase_id, error=reason)
+                    _toy_event(session, row)
             follow = replan(session, model_id, ended)
             session.commit()
     finally:
@@ -424,12 +519,12 @@ def playing_models(session, now=None) -> list:
     return list(session.scalars(select(A.model_id).where(_playing(now)).distinct()))
 
 
-RESENDABLE = ("failed", "skipped", "expired")
+RESENDABLE = ("failed", "skipped", "expired", "unconfirmed")
 
 
 def reset_for_resend(session, purchase_id) -> LovenseActivation | None:
-    """Admin re-send: a failed or skipped activation goes back to pending with a fresh attempt count.
-    Returns the row, or None if there is none; raises ValueError if it is not failed, skipped or expired."""
+    """Admin re-send: a failed, skipped, expired or unconfirmed activation goes back to pending with a fresh attempt
+    count. Returns the row, or None if there is none; raises ValueError if it is not one of RESENDABLE."""
     row = session.scalar(
         select(LovenseActivation).where(LovenseActivation.purchase_id == purchase_id).with_for_update()
     )
@@ -438,7 +533,7 @@ def reset_for_resend(session, purchase_id) -> LovenseActivation | None:
     if row.status not in RESENDABLE:
         raise ValueError(row.status)
     row.status, row.attempts, row.last_error = "pending", 0, None
-    row.claim_token, row.locked_until, row.updated_at = None, None, utcnow()
+    row.claim_token, row.locked_until, row.sending_since, row.updated_at = None, None, None, utcnow()
     row.starts_at = row.ends_at = None  # a new slot at the end of the model's timeline, given when its task runs
     return row
 

@@ -11,6 +11,7 @@ from sqlalchemy import select
 
 from ..audit import audit
 from ..ledger import lock_accounts, post
+from ..outbox import QUEUE_ENTRY_COMPLETED, REFUND_EVENTS, purchase_event, queue_changed
 from ..purchases import InvalidTransition, Purchase
 from ..revenue import pay_model, record_refund
 from ..types import utcnow
@@ -37,8 +38,11 @@ def start(session, purchase: Purchase, actor_id=None, now=None) -> None:
     )
     if busy is not None:
         raise AlreadyInProgress(str(busy))
-    purchase.transition("in_progress", now or utcnow())
+    now = now or utcnow()
+    purchase.transition("in_progress", now)
     audit(session, "purchase.in_progress", purchase.id, actor_id)
+    purchase_event(session, purchase, at=now)
+    queue_changed(session, purchase.model_id, at=now)
 
 
 def release(session, purchase: Purchase, tz, actor_id=None, now=None) -> None:
@@ -52,10 +56,13 @@ def release(session, purchase: Purchase, tz, actor_id=None, now=None) -> None:
     award_points(session, purchase, accounts)
     purchase.transition("completed", now)
     audit(session, "purchase.completed", purchase.id, actor_id)
+    purchase_event(session, purchase, QUEUE_ENTRY_COMPLETED, at=now)
+    queue_changed(session, purchase.model_id, at=now)
 
 
-def refund(session, purchase: Purchase, reason: str, tz, actor_id=None, now=None) -> None:
-    """queued | in_progress -> refunded: the whole escrow goes back to the fan's wallet (no fee is taken)."""
+def refund(session, purchase: Purchase, reason: str, tz, by: str, actor_id=None, now=None) -> None:
+    """queued | in_progress -> refunded: the whole escrow goes back to the fan's wallet (no fee is taken). `by`:
+    who ended the entry (model, fan, admin, deadline), which names its event."""
     if purchase.status not in ("queued", "in_progress"):
         raise InvalidTransition(purchase.status, "refunded")
     now = now or utcnow()
@@ -65,3 +72,5 @@ def refund(session, purchase: Purchase, reason: str, tz, actor_id=None, now=None
     record_refund(session, purchase, now, tz)
     purchase.transition("refunded", now, reason=reason)
     audit(session, "purchase.refunded", purchase.id, actor_id, reason=reason)
+    purchase_event(session, purchase, REFUND_EVENTS[by], at=now, by=by)
+    queue_changed(session, purchase.model_id, at=now)

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import requests
+from urllib3.exceptions import NewConnectionError
 
 from ..lovense import DEVICE_TYPES, PATTERNS
 
@@ -96,8 +97,18 @@ def build_command(spec: dict) -> dict:
 @dataclass(frozen=True)
 class Outcome:
     ok: bool
-    error: str | None = None  # a stable code: timeout, connection_error, http_503, lovense_501, bad_reply
+    # A stable code: connect_timeout, connection_error, read_timeout, connection_lost, http_503, lovense_501, bad_reply.
+    error: str | None = None
     retryable: bool = False
+    # The request went out and no answer came back (read timeout, connection dropped): the toy may be playing it,
+    # so it must not be sent again on its own.
+    unknown: bool = False
+
+
+def _never_connected(exc: requests.ConnectionError) -> bool:
+    """True if the connection was never made (refused, unknown host), so the request never left."""
+    reason = getattr(exc.args[0], "reason", None) if exc.args else None
+    return isinstance(reason, NewConnectionError)
 
 
 class LovenseError(Exception):
@@ -122,10 +133,14 @@ class LovenseClient:
         try:
             response = self.session.post(self.base_url + path, json={"token": self.token, **body},
                                          timeout=self.timeout)
-        except requests.Timeout:
-            return Outcome(False, "timeout", True), None
-        except requests.ConnectionError:
-            return Outcome(False, "connection_error", True), None
+        except requests.ConnectTimeout:
+            return Outcome(False, "connect_timeout", True), None  # no connection: nothing reached Lovense
+        except requests.ReadTimeout:
+            return Outcome(False, "read_timeout", unknown=True), None
+        except requests.ConnectionError as exc:
+            if _never_connected(exc):
+                return Outcome(False, "connection_error", True), None
+            return Outcome(False, "connection_lost", unknown=True), None  # reset or closed after the request went out
         except requests.RequestException:
             return Outcome(False, "request_error", False), None
         if response.status_code >= 500:
@@ -141,7 +156,8 @@ class LovenseClient:
         return Outcome(True), reply
 
     def send(self, uid: str, command: dict) -> Outcome:
-        """Post one command to the model's toys; the outcome says whether it worked and if a retry may help."""
+        """Post one command to the model's toys; the outcome says whether it worked, if a retry may help, and if it
+        is unknown whether the toy got it."""
         outcome, reply = self._post(COMMAND_PATH, {"uid": uid, **command})
         if reply is None:
             return outcome

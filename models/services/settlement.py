@@ -13,6 +13,7 @@ from sqlalchemy import func, select
 from ..audit import audit
 from ..ledger import lock_accounts, post
 from ..menus import Menu, MenuItem
+from ..outbox import purchase_event, queue_changed
 from ..revenue import fee_rates, pay_model
 from ..purchases import (
     OPEN_QUEUE_STATUSES,
@@ -72,8 +73,11 @@ def settle_pending(session, settings, purchase_ids=None, limit: int = 100, older
             _hold_in_escrow(session, purchase, accounts, now)
             queue_sizes[purchase.model_id] += 1
         audit(session, f"purchase.{purchase.status}", purchase.id, reason=reason)
+        purchase_event(session, purchase, at=now)
         # No flush per purchase: the session autoflushes before a daily-limit count, so later purchases of the
         # batch see this one there, and otherwise the rows go out in a few batched statements.
+    for model_id in sorted({p.model_id for p in purchases if p.status == "queued"}, key=str):
+        queue_changed(session, model_id, at=now)
     session.commit()
     return purchases
 

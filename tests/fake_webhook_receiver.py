@@ -1,0 +1,120 @@
+"""A webhook receiver as the platform would run one: a real HTTP server on 127.0.0.1 in a thread.
+
+It records every request (headers, raw body, arrival time, the client's address, which tells connections apart)
+and answers from a script: each queued reply is used once, then the default reply. A reply is (http_status,
+delay_seconds); a long delay makes it hang (until `release` or `stop`). Like a careful receiver it processes an
+event at most once: a request whose reply is a 2xx is processed when it arrives, before any delay (so an answer
+lost to a timeout or a crash is still processed), and a `webhook-id` seen before is a duplicate, counted and not
+processed again."""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+OK = (200, 0)
+
+
+class FakeWebhookReceiver:
+    def __init__(self):
+        self.requests: list[dict] = []
+        self.processed: list[dict] = []  # the events processed, once each, in arrival order
+        self.duplicates: list[str] = []  # webhook-ids received again after being processed
+        self._seen: set[str] = set()
+        self._script: list[tuple] = []
+        self._default = OK
+        self._lock = threading.Lock()
+        self._released = threading.Event()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address
+        return f"http://{host}:{port}/hooks"
+
+    def start(self):
+        self._thread.start()
+        return self
+
+    def stop(self):
+        self._released.set()
+        self._server.shutdown()
+        self._server.server_close()
+
+    def script(self, *replies, default=None):
+        """Answer the next requests with `replies` in order, then with `default` (or the current default)."""
+        with self._lock:
+            self._script = list(replies)
+            if default is not None:
+                self._default = default
+
+    def release(self):
+        """End every hanging reply now."""
+        self._released.set()
+
+    def ids(self) -> list[int]:
+        """The processed events' ids, in order."""
+        with self._lock:
+            return [int(e["id"]) for e in self.processed]
+
+    def wait_for(self, predicate, timeout: float = 15.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return True
+            time.sleep(0.02)
+        return predicate()
+
+    def _next(self):
+        with self._lock:
+            return self._script.pop(0) if self._script else self._default
+
+    def _receive(self, handler) -> tuple:
+        raw = handler.rfile.read(int(handler.headers.get("Content-Length") or 0))
+        status, delay = self._next()
+        headers = {k.lower(): v for k, v in handler.headers.items()}
+        request = {"at": time.time(), "path": handler.path, "headers": headers, "body": raw, "status": status,
+                   "connection": handler.client_address}
+        try:
+            request["json"] = json.loads(raw)
+        except ValueError:
+            request["json"] = None
+        msg_id = request["headers"].get("webhook-id")
+        with self._lock:
+            self.requests.append(request)
+            if 200 <= status < 300:
+                if msg_id in self._seen:
+                    self.duplicates.append(msg_id)
+                else:
+                    self._seen.add(msg_id)
+                    self.processed.append({"id": msg_id, "type": (request["json"] or {}).get("type"),
+                                           "at": request["at"]})
+        return status, delay
+
+    def _handler(self):
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as a real receiver: the sender may reuse its connection
+
+            def do_POST(self):
+                status, delay = receiver._receive(self)
+                if delay:
+                    receiver._released.wait(delay)
+                body = b'{"ok": true}'
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                except OSError:
+                    pass  # the sender gave up (timeout) or died
+
+            def log_message(self, *_args):
+                pass
+
+        return Handler
