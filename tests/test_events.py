@@ -240,8 +240,8 @@ def test_tickets_are_single_use_and_viewers_see_only_their_own(client, factory, 
     try:
         own = buy(client, factory, fan, menu, menu.created_items[0])
         theirs = buy(client, factory, fan, other_menu, other_menu.created_items[0])
-        mine.wait_for(lambda m: any(x["event"] == "purchase.completed" for x in m))
-        filtered.wait_for(lambda m: any(x["event"] == "purchase.completed" for x in m))
+        mine.wait_for(lambda m: any(x["event"] == "purchase.completed" for x in m), what="model stream")
+        filtered.wait_for(lambda m: any(x["event"] == "purchase.completed" for x in m), what="admin filtered")
         time.sleep(0.5)
         assert {x["data"]["purchase_id"] for x in mine.of() if x["data"]["purchase_id"]} == {own}
         assert {x["data"]["purchase_id"] for x in filtered.of() if x["data"]["purchase_id"]} == {theirs}
