@@ -11,11 +11,12 @@ Last-Event-ID and a webhook's `webhook-id` carry.
 """
 from __future__ import annotations
 
+import functools
 import json
 import uuid
 from datetime import datetime
 
-from sqlalchemy import JSON, BigInteger, Index, Integer, String, func, select, text
+from sqlalchemy import JSON, BigInteger, Index, Integer, String, func, select, text, update
 from sqlalchemy.orm import Mapped, mapped_column
 
 from .db import Base
@@ -105,15 +106,18 @@ def sequence(session, limit: int = RELAY_BATCH) -> list[OutboxEvent]:
     (models/webhooks.py) and commits, holding the relay's lock until then."""
     if session.bind.dialect.name == "postgresql":
         session.execute(select(func.pg_advisory_xact_lock(_RELAY_LOCK)))
-    events = list(session.scalars(select(OutboxEvent).where(OutboxEvent.seq.is_(None))
-                                  .order_by(OutboxEvent.id).limit(limit)))
-    if not events:
-        return []
-    last = session.scalar(select(func.coalesce(func.max(OutboxEvent.seq), 0)))
-    for n, event in enumerate(events, start=last + 1):
-        event.seq = n
-    session.flush()
-    return events
+    return sorted(session.scalars(_numbering(limit)), key=lambda event: event.seq)
+
+
+@functools.lru_cache
+def _numbering(limit: int):
+    """One statement, built once (the relay runs after every settlement batch): the next `limit` unnumbered rows
+    get last seq + 1, + 2 ... in insert order."""
+    last = select(func.coalesce(func.max(OutboxEvent.seq), 0)).scalar_subquery()
+    todo = (select(OutboxEvent.id, (last + func.row_number().over(order_by=OutboxEvent.id)).label("seq"))
+            .where(OutboxEvent.seq.is_(None)).order_by(OutboxEvent.id).limit(limit).subquery())
+    return (update(OutboxEvent).where(OutboxEvent.id == todo.c.id).values(seq=todo.c.seq)
+            .returning(OutboxEvent).execution_options(synchronize_session=False))
 
 
 def after(session, seq: int, limit: int = RELAY_BATCH, where=None) -> list[OutboxEvent]:

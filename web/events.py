@@ -49,6 +49,7 @@ CATCH_UP_SECONDS = 2.0
 SESSION_CHECK_SECONDS = 60.0
 STREAM_BUFFER = 1000  # events waiting for one slow client; more, and its stream ends (it resumes from the outbox)
 REPLAY_BATCH = 500
+WRITE_BATCH = 100  # events written to one stream in one send when they arrive together
 # Events only models and admins see: a fan gets their own place in a queue (queue.position) instead.
 NOT_FOR_FANS = {outbox.QUEUE_CHANGED, outbox.MENU_CHANGED}
 # A fan's own events after which their queue places are looked up again.
@@ -272,16 +273,25 @@ def _events(rt, viewer: Viewer, after: int | None, heartbeat: float):
         check_at = time.monotonic() + SESSION_CHECK_SECONDS
         while not stream.overflowed:
             try:
-                message, text = stream.inbox.get(timeout=heartbeat)
+                waiting = [stream.inbox.get(timeout=heartbeat)]
             except queue.Empty:
                 yield ": keep-alive\n\n"
-                message = None
-            if message is not None and (sent is None or message["id"] > sent):
-                sent = message["id"]
-                if viewer.sees(message):
-                    yield text
-                if viewer.moves_queue_place(message):
-                    yield from _queue_places(rt, hub, stream, sent)
+                waiting = []
+            while waiting and len(waiting) < WRITE_BATCH:  # what else is waiting goes out in the same write
+                try:
+                    waiting.append(stream.inbox.get_nowait())
+                except queue.Empty:
+                    break
+            out = []
+            for message, text in waiting:
+                if sent is None or message["id"] > sent:
+                    sent = message["id"]
+                    if viewer.sees(message):
+                        out.append(text)
+                    if viewer.moves_queue_place(message):
+                        out.extend(_queue_places(rt, hub, stream, sent))
+            if out:
+                yield "".join(out)
             if time.monotonic() >= check_at:
                 check_at = time.monotonic() + SESSION_CHECK_SECONDS
                 refused = _still_allowed(rt, viewer)

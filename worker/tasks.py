@@ -7,6 +7,7 @@ import uuid
 from collections import Counter
 from datetime import timedelta
 
+from celery import signals
 from sqlalchemy import event, or_, select
 from sqlalchemy.orm import Session
 
@@ -101,6 +102,7 @@ def settle(purchase_ids=None, older_than=None) -> dict:
         with rt.session_scope() as session:
             settled = settle_pending(session, rt.settings, ids, batch_size, older_than)
         after_settlement(rt, settled)
+        relay_due(rt)
         outcomes.update(outcome_of(p) for p in settled)
         for p in settled:
             log.info("purchase settled", extra={"purchase_id": str(p.id), "status": p.status})
@@ -293,19 +295,39 @@ def request_relay(rt) -> None:
         log.exception("relay hand-off failed")
 
 
+_relay_due = False  # a commit in this worker process wrote events that no relay has taken yet
+
+
 @event.listens_for(Session, "after_commit")
 def _relay_after_commit(session) -> None:
+    global _relay_due
     if not session.info.pop("outbox_written", False) or celery.runtime is None:
         return
     if celery.current_task is not None and not celery.conf.task_always_eager:
-        # Inside a task (settlement, the toy, a sweep): relay at once in this process. A relay task would wait
-        # in the queue behind the very settle tasks that wrote the events.
-        try:
-            relay(celery.runtime)
-            return
-        except Exception:
-            log.exception("inline relay failed; asking for a relay task")
+        # Inside a task (settlement, the toy, a sweep): this process relays once the task's own side effects are
+        # done (relay_due). A relay task would wait in the queue behind the very settle tasks that wrote the events.
+        _relay_due = True
+        return
     request_relay(celery.runtime)
+
+
+@signals.task_postrun.connect
+def _relay_at_task_end(**_) -> None:
+    relay_due(celery.runtime)
+
+
+def relay_due(rt) -> None:
+    """Relay what this process's task committed, after its verdicts and hand-offs (a purchase's answer does not
+    wait for it); if that fails, a relay task does it. Never raises."""
+    global _relay_due
+    if not _relay_due or rt is None:
+        return
+    _relay_due = False
+    try:
+        relay(rt)
+    except Exception:
+        log.exception("inline relay failed; asking for a relay task")
+        request_relay(rt)
 
 
 @event.listens_for(Session, "after_rollback")
