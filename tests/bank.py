@@ -27,10 +27,12 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import requests
 from conftest import subprocess_env
 from fake_lovense import FakeLovense, hang, http_status
+from fake_webhook_receiver import FakeWebhookReceiver
 from processes import ROOT, PostgresCluster, ProcessGroup, children_of, free_port, wait_http, wait_port
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import sessionmaker
@@ -39,10 +41,12 @@ from models.db import make_engine
 from models.ledger import TOKEN_KINDS, Account, LedgerEntry, books_differences, top_up
 from models.lovense import LovenseActivation, LovenseLink
 from models.menus import Menu, MenuItem
+from models.outbox import OutboxEvent
 from models.purchases import Purchase
 from models.revenue import CommissionRate, EarningsDay
 from models.schema import upgrade_head
 from models.users import create_user
+from models.webhooks import WebhookDelivery
 
 PASSWORD = "bank-pw"
 SETTLED_STATES = {"completed", "failed", "queued", "in_progress", "refunded"}
@@ -75,6 +79,7 @@ class Config:
     pg_restarts: int = 1  # PostgreSQL restarted fast
     pg_stops: int = 1  # PostgreSQL stopped for pg_stop_seconds, then started
     lovense_faults: int = 2
+    webhook_kills: int = 1  # the webhook worker SIGKILLed while the receiver holds a delivery's answer
     queue_actions: float = 0.4  # chance a purchase is followed by a start, complete, reject or cancel
     payouts: float = 0.03  # chance a purchase is followed by an admin's payout (its key sometimes replayed)
     fee_bps: int = 1500  # the platform's commission (PLATFORM_FEE_BPS); some models have a rate of their own
@@ -97,6 +102,9 @@ class Report:
     anomalies: list = field(default_factory=list)
     activations: Counter = field(default_factory=Counter)
     plays: int = 0  # buzzes the fake toy played
+    webhooks: int = 0  # events the webhook receiver processed (once each)
+    webhook_duplicates: int = 0  # deliveries it received again and skipped by their webhook-id
+    worker_exits: int = 0  # Celery workers that exited on their own (a broker restart can do that: README)
     seconds: float = 0.0
 
     def line(self) -> str:
@@ -104,7 +112,8 @@ class Report:
 
     def details(self) -> str:
         return (f"accepted rows: {self.accepted}; states: {dict(self.statuses)}; "
-                f"toy activations: {dict(self.activations)}, toy plays: {self.plays}; responses: {dict(self.responses)}; "
+                f"toy activations: {dict(self.activations)}, toy plays: {self.plays}; webhooks: {self.webhooks} events, "
+                f"{self.webhook_duplicates} duplicates skipped; workers that exited on their own: {self.worker_exits}; responses: {dict(self.responses)}; "
                 f"faults: {dict(self.faults)}; {self.seconds:.0f} s")
 
 
@@ -115,6 +124,7 @@ class Cluster:
     def __init__(self, cfg: Config):
         self.cfg = cfg
         self.lovense = FakeLovense()
+        self.receiver = FakeWebhookReceiver()  # the platform's webhook endpoint (every event type)
         self.log_dir = tempfile.mkdtemp(prefix="perfmenu-bank-")
         self.postgres = PostgresCluster(log_path=os.path.join(self.log_dir, "postgres.log"))
         self.database_url = self.postgres.url("perfmenu_bank")
@@ -138,12 +148,18 @@ class Cluster:
             LOVENSE_BACKOFF_MAX_SECONDS="1",
             LOVENSE_RATE_LIMIT="100000",
             PLATFORM_FEE_BPS=str(cfg.fee_bps),
+            WEBHOOK_ALLOWED_NETWORKS="127.0.0.1",
+            WEBHOOK_TIMEOUT_SECONDS="2",
+            WEBHOOK_BACKOFF_SECONDS="0.2",
         )
         self.env = env
         self.web = self._process("web", [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{self.web_port}",
                                          "--workers", str(cfg.web_workers), "--threads", "4", "--worker-class",
                                          "gthread", "--graceful-timeout", "5", "web.wsgi:app"], env)
         self.workers = [self._worker(i) for i in range(cfg.celery_workers)]
+        self.webhook_worker = self._process("webhooks", [  # the Procfile's `webhooks` line
+            sys.executable, "-m", "celery", "-A", "worker.main", "worker", "-Q", "webhooks", "--concurrency", "2", "--loglevel", "WARNING", "-n", f"bank-webhooks-{uuid.uuid4().hex[:6]}@%h",
+            "--without-gossip", "--without-mingle"], env)
         self.base_url = f"http://127.0.0.1:{self.web_port}"
 
     def _process(self, name, argv, env) -> ProcessGroup:
@@ -157,6 +173,7 @@ class Cluster:
 
     def start(self):
         self.lovense.start()  # first: stop() waits for its thread
+        self.receiver.start()
         self.postgres.start()
         self.postgres.create_database("perfmenu_bank")
         upgrade_head(self.database_url)
@@ -165,7 +182,7 @@ class Cluster:
         self.redis.start()
         wait_port(self.redis_port)
         self.web.start()
-        for w in self.workers:
+        for w in [*self.workers, self.webhook_worker]:
             w.start()
         try:
             wait_http(self.base_url + "/healthz", 120, self.web)
@@ -181,9 +198,10 @@ class Cluster:
         try:
             if self.redis.alive():
                 os.killpg(self.redis.pid, signal.SIGCONT)  # a paused server could not shut down
-            for p in [self.web, *self.workers, self.redis]:
+            for p in [self.web, *self.workers, self.webhook_worker, self.redis]:
                 p.stop()
             self.lovense.stop()
+            self.receiver.stop()
             if self.engine is not None:
                 self.engine.dispose()
         finally:
@@ -202,6 +220,16 @@ class Cluster:
         worker.kill()  # the whole worker: its unacknowledged tasks are redelivered
         worker.start()
         return "worker_kill"
+
+    def kill_webhook_worker(self) -> str:
+        """SIGKILL the webhook worker while the receiver holds an answer: the receiver processed the event, the
+        worker never recorded it, so it comes again (the receiver skips it by its webhook-id)."""
+        seen = len(self.receiver.requests)
+        self.receiver.script((200, 1.5))
+        self.receiver.wait_for(lambda: len(self.receiver.requests) > seen, 10)
+        self.webhook_worker.kill()
+        self.webhook_worker.start()
+        return "webhook_kill"
 
     def restart_redis(self) -> str:
         self.redis.kill()
@@ -492,7 +520,7 @@ class FaultInjector(threading.Thread):
         self.cluster, self.cfg, self.progress, self.rng = cluster, cfg, progress, rng
         plan = (["worker"] * cfg.worker_kills + ["redis"] * cfg.redis_restarts + ["db"] * cfg.db_kills
                 + ["lovense"] * cfg.lovense_faults + ["redis_pause"] * cfg.redis_pauses
-                + ["pg_restart"] * cfg.pg_restarts + ["pg_stop"] * cfg.pg_stops)
+                + ["pg_restart"] * cfg.pg_restarts + ["pg_stop"] * cfg.pg_stops + ["webhook"] * cfg.webhook_kills)
         rng.shuffle(plan)
         self.plan = [(int(cfg.purchases * (i + 1) / (len(plan) + 1)), f) for i, f in enumerate(plan)]
         self.done = Counter()
@@ -518,6 +546,8 @@ class FaultInjector(threading.Thread):
                     self.done[self.cluster.restart_postgres()] += 1
                 elif fault == "pg_stop":
                     self.done[self.cluster.stop_postgres()] += 1
+                elif fault == "webhook":
+                    self.done[self.cluster.kill_webhook_worker()] += 1
                 else:
                     self.done[self.cluster.kill_db_backends()] += 1
             except Exception as exc:  # noqa: BLE001 - a failed injection is reported, not fatal
@@ -558,6 +588,7 @@ def run(cfg: Config, log=print) -> Report:
     try:
         cluster.start()
         shop = build_shop(cluster, cfg, rng)
+        secret = register_webhook(cluster, shop)
         injector = FaultInjector(cluster, cfg, lambda: sent[0], rng)
         injector.start()
         for t in threads:
@@ -573,6 +604,8 @@ def run(cfg: Config, log=print) -> Report:
         log(f"load done in {time.monotonic() - started:.0f} s; quiet period")
         _quiesce(cluster, cfg, log)
         _check(cluster, report, shop, recorder)
+        report.anomalies.extend(webhook_differences(cluster, secret, report))
+        report.worker_exits = worker_exits(cluster)
         report.anomalies.extend(queue_differences(cluster))
     finally:
         cluster.stop()
@@ -585,21 +618,25 @@ def run(cfg: Config, log=print) -> Report:
 
 
 def _pending_count(cluster: Cluster) -> int:
-    """Purchases not settled yet plus toy activations not finished yet."""
+    """Purchases not settled yet, toy activations not finished yet, events not numbered yet and webhook
+    deliveries not made yet."""
     s = cluster.new_session()
     try:
         return (s.scalar(select(func.count()).select_from(Purchase).where(Purchase.status == "pending"))
                 + s.scalar(select(func.count()).select_from(LovenseActivation)
-                           .where(LovenseActivation.status == "pending")))
+                           .where(LovenseActivation.status == "pending"))
+                + s.scalar(select(func.count()).select_from(OutboxEvent).where(OutboxEvent.seq.is_(None)))
+                + s.scalar(select(func.count()).select_from(WebhookDelivery)
+                           .where(WebhookDelivery.status == "pending")))
     finally:
         s.close()
 
 
 BEAT_JOBS = ("from datetime import timedelta; from models.types import utcnow; import worker.main; "
-             "from worker.tasks import settle, sweep_deadlines, reconcile, sweep_activations, relay; "
-             "from worker.celery_app import runtime; "
+             "from worker.tasks import settle, sweep_deadlines, reconcile, sweep_activations, relay, "
+             "dispatch_webhooks; from worker.celery_app import runtime; "
              "print('swept', settle(), 'refunded', sweep_deadlines(), 'queues', reconcile(), "
-             "'relayed', relay(runtime()), "
+             "'relayed', relay(runtime()), 'webhooks', dispatch_webhooks(), "
              "'toys asked again', sweep_activations(utcnow() + timedelta(minutes=1)))")
 
 
@@ -619,7 +656,7 @@ def beat_jobs(cluster: Cluster) -> str:
 def _quiesce(cluster: Cluster, cfg: Config, log) -> None:
     """Every process back up, then wait for the workers; when they stop making progress, run beat's jobs
     (the pending sweep is the safety net for lost hand-offs and messages: a Redis restart empties the broker)."""
-    for w in cluster.workers:
+    for w in [*cluster.workers, cluster.webhook_worker]:
         if not w.alive():
             w.start()
     if not cluster.redis.alive():
@@ -790,6 +827,48 @@ def _event_differences(s, purchases, activations) -> list[str]:
     for pid, a in activations.items():
         if a.status in TOY_EVENTS and (toys.get(pid) or [None])[-1] != TOY_EVENTS[a.status]:
             out.append(f"toy activation of {pid} is {a.status}; its events {toys.get(pid)}")
+    return out
+
+
+def worker_exits(cluster: Cluster) -> int:
+    """How often a Celery worker gave up on its own ("Unrecoverable error"); the quiet period started it again."""
+    logs = [Path(cluster.log_dir, f"worker{i}.log") for i in range(len(cluster.workers))]
+    return sum(log.read_text(errors="replace").count('"Unrecoverable error')
+               for log in [*logs, Path(cluster.log_dir, "webhooks.log")] if log.exists())
+
+
+def register_webhook(cluster: Cluster, shop: Shop) -> str:
+    """The admin registers the receiver for every event type; returns the endpoint's secret."""
+    http = requests.Session()
+    login = http.post(cluster.base_url + "/auth/login", json={"username": shop.admin[1], "password": PASSWORD},
+                      timeout=30)
+    r = http.post(cluster.base_url + "/admin/webhooks", json={"url": cluster.receiver.url}, timeout=30,
+                  headers={"Authorization": f"Bearer {login.json()['access_token']}"})
+    r.raise_for_status()
+    return r.json()["secret"]
+
+
+def webhook_differences(cluster: Cluster, secret: str, report: Report) -> list[str]:
+    """The platform's receiver got every numbered event at least once, each request signed and carrying the
+    event it names, and no delivery is left undone."""
+    receiver = cluster.receiver
+    report.webhooks, report.webhook_duplicates = len(receiver.processed), len(receiver.duplicates)
+    s = cluster.new_session()
+    try:
+        types = dict(s.execute(select(OutboxEvent.seq, OutboxEvent.type).where(OutboxEvent.seq.is_not(None))).all())
+        undone = Counter(s.scalars(select(WebhookDelivery.status).where(WebhookDelivery.status != "delivered")))
+    finally:
+        s.close()
+    out = [f"webhook deliveries not delivered: {dict(undone)}"] if undone else []
+    missing = types.keys() - set(receiver.ids())
+    if missing:
+        out.append(f"{len(missing)} of {len(types)} events never reached the receiver, e.g. {sorted(missing)[:5]}")
+    for request in receiver.requests:
+        body, msg_id = request["json"] or {}, request["headers"].get("webhook-id")
+        if not receiver.verify(secret, request):
+            out.append(f"webhook {msg_id}: the signature does not verify")
+        elif str(body.get("id")) != msg_id or types.get(body.get("id")) != body.get("type"):
+            out.append(f"webhook {msg_id} carries event {body.get('id')} {body.get('type')}")
     return out
 
 

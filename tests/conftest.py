@@ -149,11 +149,11 @@ class WorkerProcess:
 
 
 class WebhookWorkerProcess(WorkerProcess):
-    """A worker of the Procfile's `webhooks` line: the webhooks queue only, on a thread pool."""
+    """A worker of the Procfile's `webhooks` line: the webhooks queue only."""
 
-    def __init__(self, concurrency: int = 8, **env):
+    def __init__(self, concurrency: int = 4, **env):
         super().__init__(concurrency, **env)
-        self.group.argv += ["-Q", "webhooks", "--pool", "threads"]
+        self.group.argv += ["-Q", "webhooks"]
 
 
 @pytest.fixture(scope="session")

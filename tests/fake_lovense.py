@@ -12,7 +12,9 @@ from __future__ import annotations
 import json
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+from local_server import LocalServer
 
 OK = (200, {"result": True, "code": 200, "message": "Success"}, 0)
 QR_OK = (200, {"result": True, "code": 0, "message": "Success",
@@ -32,28 +34,17 @@ def hang(seconds: float):
     return (200, OK[1], seconds)
 
 
-class FakeLovense:
+class FakeLovense(LocalServer):
     def __init__(self):
         self.requests: list[dict] = []
         self._script: dict[str, list] = {}
         self._default: dict[str, tuple] = {}
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        super().__init__(self._handler())
 
     @property
     def url(self) -> str:
-        host, port = self._server.server_address
-        return f"http://{host}:{port}"
-
-    def start(self):
-        self._thread.start()
-        return self
-
-    def stop(self):
-        self._server.shutdown()
-        self._server.server_close()
+        return self.base_url
 
     def reset(self):
         with self._lock:

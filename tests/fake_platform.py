@@ -3,13 +3,13 @@ JWKS document from a real HTTP server on 127.0.0.1, and signs access tokens the 
 from __future__ import annotations
 
 import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from local_server import LocalServer
 
 ISSUER = "https://platform.example"
 AUDIENCE = "perfmenu"
@@ -27,24 +27,18 @@ def public_pem(private_key) -> str:
                                                  serialization.PublicFormat.SubjectPublicKeyInfo).decode()
 
 
-class FakePlatform:
+class FakePlatform(LocalServer):
     def __init__(self):
         self.keys: dict[str, object] = {}  # kid -> private key
         self.published: list[str] = []
         self.fetches = 0
         self.down = False
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        super().__init__(self._handler())
+        self.start()
 
     @property
     def jwks_url(self) -> str:
-        host, port = self._server.server_address
-        return f"http://{host}:{port}{JWKS_PATH}"
-
-    def stop(self):
-        self._server.shutdown()
-        self._server.server_close()
+        return self.base_url + JWKS_PATH
 
     def add_key(self, kid: str, kind: str = "RSA", publish: bool = True) -> str:
         self.keys[kid] = new_key(kind)

@@ -8,15 +8,20 @@ lost to a timeout or a crash is still processed), and a `webhook-id` seen before
 processed again."""
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+from local_server import LocalServer
 
 OK = (200, 0)
 
 
-class FakeWebhookReceiver:
+class FakeWebhookReceiver(LocalServer):
     def __init__(self):
         self.requests: list[dict] = []
         self.processed: list[dict] = []  # the events processed, once each, in arrival order
@@ -26,23 +31,15 @@ class FakeWebhookReceiver:
         self._default = OK
         self._lock = threading.Lock()
         self._released = threading.Event()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        super().__init__(self._handler())
 
     @property
     def url(self) -> str:
-        host, port = self._server.server_address
-        return f"http://{host}:{port}/hooks"
-
-    def start(self):
-        self._thread.start()
-        return self
+        return self.base_url + "/hooks"
 
     def stop(self):
         self._released.set()
-        self._server.shutdown()
-        self._server.server_close()
+        super().stop()
 
     def script(self, *replies, default=None):
         """Answer the next requests with `replies` in order, then with `default` (or the current default)."""
@@ -67,6 +64,16 @@ class FakeWebhookReceiver:
                 return True
             time.sleep(0.02)
         return predicate()
+
+    @staticmethod
+    def verify(secret: str, request: dict) -> bool:
+        """The Standard Webhooks check a receiver makes, written out."""
+        key = base64.b64decode(secret.removeprefix("whsec_"))
+        headers = request["headers"]
+        signed = f"{headers['webhook-id']}.{headers['webhook-timestamp']}.".encode() + request["body"]
+        expected = base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+        return any(hmac.compare_digest(part.removeprefix("v1,"), expected)
+                   for part in headers["webhook-signature"].split() if part.startswith("v1,"))
 
     def _next(self):
         with self._lock:

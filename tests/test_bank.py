@@ -1,10 +1,11 @@
 """The bank test: purchases under worker kills, Redis restarts and pauses, database backend kills and
-PostgreSQL restarts lose nothing, with the platform's commission on and payouts recorded meanwhile.
+PostgreSQL restarts lose nothing, with the platform's commission on and payouts recorded meanwhile, and every
+event reaches the platform's webhook receiver although its delivery worker is killed mid-request.
 
 It runs on a PostgreSQL cluster and a redis-server of its own (tests/bank.py), never on the shared ones. The
 short run is part of `make test`; `make proof` runs the long one (10,000 purchases, >= 24 worker kills,
 3 Redis restarts, 3 Redis pauses of ~10 s, 10 database backend kills, 4 PostgreSQL restarts: 2 fast, 2 stopped
-for ~10 s). Sizes can be overridden with BANK_* environment variables (BANK_PG_STOPS=3...)."""
+for ~10 s, 3 webhook worker kills). Sizes can be overridden with BANK_* environment variables (BANK_PG_STOPS=3...)."""
 from __future__ import annotations
 
 import os
@@ -33,6 +34,7 @@ def _run_and_assert(cfg):
     assert report.faults["db_kill"] == cfg.db_kills
     assert report.faults["pg_restart"] == cfg.pg_restarts
     assert report.faults["pg_stop"] == cfg.pg_stops
+    assert report.faults["webhook_kill"] == cfg.webhook_kills
     assert report.anomalies == []
     # The run exercised the interesting outcomes, not only the happy path.
     assert report.statuses["completed"] > 0 and report.statuses["queued"] > 0
@@ -47,5 +49,5 @@ def test_bank_short():
 @pytest.mark.slow
 def test_bank_proof():
     _run_and_assert(_cfg(purchases=10_000, worker_kills=24, redis_restarts=3, redis_pauses=3, db_kills=10,
-                         pg_restarts=2, pg_stops=2, fans=100, models=15, clients=8, lovense_faults=6,
+                         pg_restarts=2, pg_stops=2, fans=100, models=15, clients=8, lovense_faults=6, webhook_kills=3,
                          quiet_seconds=120.0))

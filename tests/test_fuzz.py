@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from schemathesis import checks
 from sqlalchemy import func, select, text
 
-from conftest import SETTINGS, new_session
+from conftest import make_settings, new_session
 from models.db import Base
 from web import create_app
 
@@ -27,8 +27,10 @@ FAST_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "10"))
 SLOW_EXAMPLES = int(os.environ.get("FUZZ_SLOW_EXAMPLES", "400"))
 
 
-# The document is read from an app built at import (conftest has set the environment); requests go to it too.
-schema = schemathesis.openapi.from_wsgi("/openapi.json", create_app(SETTINGS))
+# The document is read from an app built at import (conftest has set the environment); requests go to it too. An
+# event stream never ends: schemathesis reads it for STREAM_SECONDS, which a heartbeat this often lets it check.
+STREAM_SECONDS = 1
+schema = schemathesis.openapi.from_wsgi("/openapi.json", create_app(make_settings(stream_heartbeat_seconds=0.2)))
 
 
 def _widened(value):
@@ -98,7 +100,8 @@ def _has_surrogate(value) -> bool:
 
 def _check(case, role_headers):
     for role in ("fan", "model", "admin"):
-        response = case.call_and_validate(headers=role_headers[role], excluded_checks=EXCLUDED_CHECKS)
+        response = case.call_and_validate(headers=role_headers[role], excluded_checks=EXCLUDED_CHECKS,
+                                         timeout=STREAM_SECONDS)
         TALLY["requests"] += 1
         TALLY[f"{_kind(case.body)} bodies"] += 1
         TALLY["server errors"] += response.status_code >= 500

@@ -36,7 +36,7 @@ from .errors import ApiError
 from .json_body import Blueprint
 from .platform_auth import EXTERNAL_ID_MAX, PlatformClaims, platform_user
 from .purchases import PURCHASE_EXAMPLE, purchase_view
-from .schemas import PurchaseOut
+from .schemas import PageOut, PurchaseOut
 
 blp = Blueprint("admin", __name__, url_prefix="/admin", description="Operator actions (admin role)")
 
@@ -105,11 +105,8 @@ class PurchaseListQuery(Schema):
     offset = fields.Integer(load_default=0, validate=validate.Range(min=0, max=10_000_000))
 
 
-class PurchaseListOut(Schema):
+class PurchaseListOut(PageOut):
     purchases = fields.List(fields.Nested(PurchaseOut))
-    total = fields.Integer()
-    limit = fields.Integer()
-    offset = fields.Integer()
 
 
 class BooksOut(Schema):

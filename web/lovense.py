@@ -34,6 +34,7 @@ from .deps import db, settings
 from .docs import error, public
 from .errors import ApiError
 from .json_body import Blueprint
+from .schemas import PageOut
 
 MODEL_ID = "7e6d5c4b-3a29-4181-9f0e-1d2c3b4a5f6e"
 LINK_EXAMPLE = {"linked": True, "uid": MODEL_ID, "toys": {"a1b2c3": {"name": "lush", "status": "1"}},
@@ -90,11 +91,8 @@ class ActivationQuery(Schema):
     offset = fields.Integer(load_default=0, validate=validate.Range(min=0, max=10_000_000))
 
 
-class ActivationListOut(Schema):
+class ActivationListOut(PageOut):
     activations = fields.List(fields.Nested(ActivationOut))
-    total = fields.Integer()
-    limit = fields.Integer()
-    offset = fields.Integer()
 
 
 class SlotOut(Schema):

@@ -156,11 +156,15 @@ class HistoryQuery(Schema):
     offset = fields.Integer(load_default=0, validate=validate.Range(min=0, max=10_000_000))
 
 
-class HistoryOut(Schema):
-    purchases = fields.List(fields.Nested(PurchaseOut))
+class PageOut(Schema):
+    """One page of a list: `total` rows match, this page starts at `offset` and holds at most `limit`."""
     total = fields.Integer()
     limit = fields.Integer()
     offset = fields.Integer()
+
+
+class HistoryOut(PageOut):
+    purchases = fields.List(fields.Nested(PurchaseOut))
 
 
 class WalletOut(Schema):

@@ -33,6 +33,7 @@ from .deps import db, redis, settings
 from .docs import error
 from .errors import ApiError
 from .json_body import Blueprint
+from .schemas import PageOut
 
 log = logging.getLogger(__name__)
 
@@ -101,11 +102,8 @@ class DeliveryOut(Schema):
                                                           "runs from here"})
 
 
-class DeliveryListOut(Schema):
+class DeliveryListOut(PageOut):
     deliveries = fields.List(fields.Nested(DeliveryOut))
-    total = fields.Integer()
-    limit = fields.Integer()
-    offset = fields.Integer()
 
 
 class ReplayIn(Schema):

@@ -17,7 +17,7 @@ from models.services.activations import toy_items_without_lovense
 log = logging.getLogger(__name__)
 celery = Celery("perfmenu", include=["worker.tasks"])
 celery.runtime = None
-# Webhook delivery runs on its own queue, consumed by its own worker line (Procfile `webhooks`, a thread pool): a
+# Webhook delivery runs on its own queue, consumed by its own worker line (Procfile `webhooks`): a
 # slow endpoint never holds a settlement worker, and the `worker` line (default queue only) never takes it.
 WEBHOOK_QUEUE = "webhooks"
 

@@ -368,7 +368,7 @@ def relay_outbox() -> int:
 
 
 # Webhook delivery (models/webhooks.py): one loop per endpoint, on the `webhooks` queue and its own worker line
-# (Procfile), so settlement never waits on an endpoint and an endpoint's run holds one of that pool's threads.
+# (Procfile), so settlement never waits on an endpoint and an endpoint's run holds one of that pool's processes.
 FOLLOW_UP_MAX_SECONDS = 60  # a retry due sooner gets a run with a countdown; a later one is beat's dispatch's
 FOLLOW_UP_SLACK_SECONDS = 0.1  # the countdown run comes just after the endpoint's backoff ends, never before
 
