@@ -20,6 +20,7 @@ import uuid
 from collections import Counter
 from datetime import datetime, timedelta, timezone
 
+from redis.exceptions import RedisError
 from sqlalchemy import case, select
 
 from ..purchases import OPEN_QUEUE_STATUSES, Purchase
@@ -204,7 +205,9 @@ def position_or_repair(session, p: Purchase, redis) -> tuple[int, int] | None:
             rebuild(session, p.model_id, redis)
             found = position(p, redis)
         return found
-    except Exception:
+    except RedisError:
+        # Only Redis: a database error must reach the caller, whose session it left unusable (a request answers
+        # 503 rather than going on with that session).
         log.exception("queue position lookup failed", extra={"purchase_id": str(p.id)})
         return None
 
