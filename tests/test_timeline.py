@@ -112,6 +112,10 @@ def five_fans_back_to_back(client, factory, fake_lovense, seconds):
     assert all(p["command"]["timeSec"] == seconds for p in plays)
     gaps = [b["start"] - a["end"] for a, b in zip(plays, plays[1:])]
     assert all(0 <= g < 1.0 for g in gaps), gaps  # back to back
+    played, span = sum(p["seconds"] for p in plays), plays[-1]["end"] - plays[0]["start"]
+    assert played == pytest.approx(5 * seconds)
+    print(f"\n5 x {seconds} s buzzes: {played:.1f} s played, first start to last end {span:.2f} s, gaps "
+          f"{', '.join(f'{g * 1000:.0f}' for g in gaps)} ms")
     assert [r.purchase_id for r in rows(model.id)] == settlement_order(ids)  # played in settlement order
     return plays
 
