@@ -63,15 +63,17 @@ async def main(spec):
         async with session.get(url, headers=headers) as resp:
             if resp.status != 200:
                 raise RuntimeError(f"stream {resp.status}")
-            fields = {}
-            async for raw in resp.content:  # one line at a time
-                line = raw.decode().rstrip("\r\n")
-                if line.startswith(":"):
-                    state["on_open"]()  # the server's first comment: the stream is registered
-                elif line:
-                    name, _, value = line.partition(": ")
-                    fields[name] = value
-                else:  # a blank line ends a message
+            pending = b""
+            async for chunk in resp.content.iter_any():  # whatever arrived: the server writes several at once
+                *blocks, pending = (pending + chunk).split(b"\n\n")  # a blank line ends a message
+                for block in blocks:
+                    fields = {}
+                    for line in block.decode().split("\n"):
+                        if line.startswith(":"):
+                            state["on_open"]()  # the server's first comment: the stream is registered
+                        elif line:
+                            name, _, value = line.partition(": ")
+                            fields[name] = value
                     if "retry" in fields:
                         state["retry"] = int(fields["retry"]) / 1000
                     if "id" in fields:
@@ -85,7 +87,6 @@ async def main(spec):
                             admin["ids"].add(state["last_id"])
                             admin["last"] = max(admin["last"], state["last_id"])
                             admin_moved.set()
-                    fields = {}
 
     async def viewer(session, v):
         """Like a browser's EventSource: when the stream ends (the server ends one that falls STREAM_BUFFER
