@@ -282,14 +282,15 @@ def _events(rt, viewer: Viewer, after: int | None, heartbeat: float):
                     waiting.append(stream.inbox.get_nowait())
                 except queue.Empty:
                     break
-            out = []
+            out, moved = [], False
             for message, text in waiting:
                 if sent is None or message["id"] > sent:
                     sent = message["id"]
                     if viewer.sees(message):
                         out.append(text)
-                    if viewer.moves_queue_place(message):
-                        out.extend(_queue_places(rt, hub, stream, sent))
+                    moved = moved or viewer.moves_queue_place(message)
+            if moved:  # one lookup for the whole write: where the fan stands after all of it
+                out.extend(_queue_places(rt, hub, stream, sent))
             if out:
                 yield "".join(out)
             if time.monotonic() >= check_at:
