@@ -19,6 +19,7 @@ from .errors import register_error_handlers
 from .limits import init_limiter
 from .request_body import RequestBody
 from .schemas import ErrorOut
+from .security import init_security_headers
 
 
 class PerfmenuApi(Api):
@@ -65,6 +66,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     for blueprint in blueprints:
         api.register_blueprint(blueprint)
     app.register_blueprint(docs.swagger_assets)
+    init_security_headers(app, settings)  # CSP and the other security headers on every answer
     register_error_handlers(app)  # after Api(), so our envelope replaces flask-smorest's
     app.teardown_appcontext(close_db)
     register_cli(app)

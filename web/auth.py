@@ -14,6 +14,7 @@ from flask_jwt_extended import (
     JWTManager,
     create_access_token,
     create_refresh_token,
+    get_csrf_token,
     get_jwt,
     get_jwt_identity,
     jwt_required,
@@ -134,7 +135,7 @@ def login(body):
 
 
 @blp.route("/refresh", methods=["POST"])
-@jwt_required(refresh=True)
+@jwt_required(refresh=True, locations=["headers"])  # a cookie's refresh token never comes back in a JSON body
 @blp.response(200, TokenPair, example=TOKEN_EXAMPLE)
 @error(401, "unauthorized", "A bearer token is required",
        description="unauthorized, invalid_token, token_expired, token_revoked, account_inactive: send the session's "
@@ -143,12 +144,20 @@ def refresh():
     """A new access token and a new refresh token for the session's latest refresh token (sent as
     `Authorization: Bearer <refresh token>`). The refresh token sent is spent: sending it again ends the session
     (reuse detection), and every token of the session is refused from then on."""
-    session = db()
+    tokens = refreshed_tokens(db())
+    if tokens is None:
+        raise ApiError(401, TOKEN_REVOKED, TOKEN_REFUSAL_MESSAGE[TOKEN_REVOKED])
+    return tokens
+
+
+def refreshed_tokens(session) -> dict | None:
+    """Spend the verified refresh token: the session's next pair of tokens (committed), or None when the token was
+    spent already (reuse: the session is ended). /auth/refresh and the pages' cookies alike."""
     claims = get_jwt()
     row = rotate_refresh(session, _session_id(claims), claims["jti"])
     session.commit()
     if row is None:
-        raise ApiError(401, TOKEN_REVOKED, TOKEN_REFUSAL_MESSAGE[TOKEN_REVOKED])
+        return None
     return tokens_for(session.get(User, row.user_id), row.id, row.refresh_jti)
 
 
@@ -163,13 +172,49 @@ def logout():
     if _platform_tokens() is not None and is_platform_token(_bearer()):
         authenticate()
         return Response(status=204)
-    verify_jwt_in_request(verify_type=False)
-    session = db()
+    verify_jwt_in_request(verify_type=False, locations=["headers"])
+    end_session(db())
+    return Response(status=204)
+
+
+def end_session(session) -> None:
+    """Revoke the verified token's sign-in session (committed): /auth/logout and the console's logout."""
     session_id = _session_id(get_jwt())
     revoke_session(session, session_id, "logout")
     audit(session, "auth.logout", session_id, uuid.UUID(get_jwt_identity()))
     session.commit()
-    return Response(status=204)
+
+
+# Pages (web/pages.py) keep the tokens in cookies: HttpOnly, SameSite=Strict, Secure unless served over plain http
+# on this machine; a POST sent with a cookie needs the double-submit CSRF value (X-CSRF-TOKEN or the form's
+# `csrf_token`), read by the page's script from the non-HttpOnly CSRF cookie.
+COOKIES = {"JWT_ACCESS_COOKIE_NAME": "perfmenu_access", "JWT_REFRESH_COOKIE_NAME": "perfmenu_refresh",
+           "JWT_ACCESS_CSRF_COOKIE_NAME": "perfmenu_csrf_access",
+           "JWT_REFRESH_CSRF_COOKIE_NAME": "perfmenu_csrf_refresh"}
+LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "[::1]"}
+
+
+def cookie_secure() -> bool:
+    return not (request.scheme == "http" and request.host.rsplit(":", 1)[0] in LOOPBACK_HOSTS)
+
+
+def set_session_cookies(response, tokens: dict) -> None:
+    """Both tokens and their CSRF values as cookies on `response` (they live as long as the refresh token; the
+    access token inside expires sooner and is refreshed through POST /console/refresh)."""
+    c = current_app.config
+    max_age = int(c["JWT_REFRESH_TOKEN_EXPIRES"].total_seconds())
+    for name, value, http_only in (
+            (c["JWT_ACCESS_COOKIE_NAME"], tokens["access_token"], True),
+            (c["JWT_REFRESH_COOKIE_NAME"], tokens["refresh_token"], True),
+            (c["JWT_ACCESS_CSRF_COOKIE_NAME"], get_csrf_token(tokens["access_token"]), False),
+            (c["JWT_REFRESH_CSRF_COOKIE_NAME"], get_csrf_token(tokens["refresh_token"]), False)):
+        response.set_cookie(name, value, max_age=max_age, path="/", secure=cookie_secure(), httponly=http_only,
+                            samesite="Strict")
+
+
+def clear_session_cookies(response) -> None:
+    for key in COOKIES:
+        response.delete_cookie(current_app.config[key], path="/", secure=cookie_secure(), samesite="Strict")
 
 
 def authenticate(session_checked_by_view: bool = False) -> None:
@@ -241,6 +286,9 @@ def role_required(*roles: str, session_checked_by_view: bool = False):
 
 
 def init_jwt(app, settings) -> None:
+    # Bearer tokens first (the API's clients, unchanged), then the pages' cookies.
+    app.config.update(JWT_TOKEN_LOCATION=["headers", "cookies"], JWT_COOKIE_CSRF_PROTECT=True,
+                      JWT_CSRF_CHECK_FORM=True, JWT_COOKIE_SAMESITE="Strict", **COOKIES)
     jwt.init_app(app)
     if settings.platform_identity:
         app.extensions["perfmenu_platform_tokens"] = PlatformTokens(settings)
