@@ -194,6 +194,7 @@ def seed() -> dict:
     """Two models (one Queue OFF menu, one Queue ON menu), FANS fans with plenty of tokens, their JWTs."""
     from models.ledger import create_accounts, top_up
     from models.menus import Menu, MenuItem
+    from models.shows import Show
     from models.users import User
     from web import create_app
 
@@ -215,6 +216,7 @@ def seed() -> dict:
         top_up(s, u.id, 10_000_000)
     menus = {}
     for model, mode in zip(users["model"], ("OFF", "ON")):
+        s.add(Show(model_id=model.id))  # live: Queue OFF items are sold during a show
         menu = Menu(model_id=model.id, name=f"Bench {mode}", queue_mode=mode, queue_order="fifo")
         s.add(menu)
         s.flush()

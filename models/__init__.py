@@ -9,6 +9,7 @@ from .outbox import OutboxEvent
 from .purchases import InvalidTransition, Purchase
 from .runtime import Runtime
 from .settings import Settings
+from .shows import OverlayLink, Show
 from .users import Subscription, User
 from .webhooks import WebhookDelivery, WebhookEndpoint
 
@@ -26,9 +27,11 @@ __all__ = [
     "MenuItem",
     "MenuWhitelist",
     "OutboxEvent",
+    "OverlayLink",
     "Purchase",
     "Runtime",
     "Settings",
+    "Show",
     "Subscription",
     "User",
     "WebhookDelivery",

@@ -84,6 +84,8 @@ class MenuFieldsIn(Schema):
     theme = fields.Nested(ThemeSchema, allow_none=True)
     delivery_hours_default = Int(validate=validate.Range(min=1, max=2_160))
     is_active = fields.Boolean(load_default=True)
+    live_only = fields.Boolean(load_default=False, metadata={
+        "description": "shown to fans and sold only while the model is live (a show is on)"})
     display_order = Int(validate=validate.Range(min=0, max=10_000))
 
 

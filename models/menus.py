@@ -33,6 +33,7 @@ class Menu(Base):
     theme: Mapped[dict | None] = mapped_column(JSON)
     delivery_hours_default: Mapped[int] = mapped_column(Integer, default=DEFAULT_DELIVERY_HOURS)
     is_active: Mapped[bool] = mapped_column(default=True)
+    live_only: Mapped[bool] = mapped_column(default=False)  # shown and sold only while the model is live
     display_order: Mapped[int] = mapped_column(Integer, default=0)
     # Name of the template a menu was loaded from; makes loading the same templates twice a no-op.
     template_key: Mapped[str | None] = mapped_column(String(65))

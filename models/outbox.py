@@ -37,13 +37,14 @@ PURCHASE_EVENTS = {  # a purchase's new status -> its event
 QUEUE_ENTRY_COMPLETED = "queue.entry.completed"
 # A refunded entry's event says who ended it (escrow.refund's `by`).
 REFUND_EVENTS = {"model": "queue.entry.rejected", "fan": "queue.entry.cancelled", "admin": "queue.entry.refunded",
-                 "deadline": "queue.entry.refunded"}
+                 "deadline": "queue.entry.refunded", "show": "queue.entry.refunded"}
 QUEUE_CHANGED = "queue.changed"
 TOY_EVENTS = {"sent": "toy.started", "unconfirmed": "toy.started", "stopped": "toy.ended", "failed": "toy.failed",
               "skipped": "toy.failed", "expired": "toy.expired"}
 MENU_CHANGED = "menu.changed"
+SHOW_CHANGED = "show.changed"
 EVENT_TYPES = sorted({*PURCHASE_EVENTS.values(), QUEUE_ENTRY_COMPLETED, *REFUND_EVENTS.values(), QUEUE_CHANGED,
-                      *TOY_EVENTS.values(), MENU_CHANGED})
+                      *TOY_EVENTS.values(), MENU_CHANGED, SHOW_CHANGED})
 
 
 class OutboxEvent(Base):
@@ -93,7 +94,7 @@ def purchase_event(session, purchase, type_: str | None = None, at=None, **extra
                 fan_id=purchase.fan_id, purchase_id=purchase.id, at=at,
                 status=purchase.status, item_id=purchase.item_id, item_name=purchase.item_name,
                 token_value=purchase.token_value, transaction_type=purchase.transaction_type,
-                reason=purchase.failure_reason or purchase.refund_reason, **extra)
+                anonymous=bool(purchase.anonymous), reason=purchase.failure_reason or purchase.refund_reason, **extra)
 
 
 def queue_changed(session, model_id, at=None) -> OutboxEvent:

@@ -16,6 +16,7 @@ from sqlalchemy import (
     UniqueConstraint,
     func,
     select,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -32,7 +33,9 @@ OPEN_QUEUE_STATUSES = ("queued", "in_progress")
 # nor its menu says (a menu's delivery_hours_default starts at this value).
 DEFAULT_DELIVERY_HOURS = 24
 # Why a purchase is refused (at intake or at settlement), in the order the rules are checked.
-REFUSAL_REASONS = ("account_inactive", "item_unavailable", "insufficient_balance", "daily_limit_reached", "queue_full")
+REFUSAL_REASONS = ("account_inactive", "item_unavailable", "show_ended", "model_not_live", "queue_paused",
+                   "insufficient_balance", "daily_limit_reached", "queue_full")
+NOTE_MAX = 280  # a purchase's note to the model, in characters
 
 TRANSITIONS = {
     "pending": {"completed", "queued", "failed"},
@@ -66,6 +69,8 @@ class Purchase(Base):
         Index("ix_purchases_fan_created", "fan_id", "created_at"),
         Index("ix_purchases_model_status", "model_id", "status"),
         Index("ix_purchases_model_completed", "model_id", "completed_at"),  # a model's sales in a period
+        Index("ix_purchases_show", "show_id", postgresql_where=text("show_id IS NOT NULL"),
+              sqlite_where=text("show_id IS NOT NULL")),  # a show's sales
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
@@ -89,6 +94,12 @@ class Purchase(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(128))
     # The client's own small JSON object (the seed API's `metadata`), stored and returned as sent.
     client_metadata: Mapped[dict | None] = mapped_column("metadata", JSON)
+    # The fan's note to the model (plain text, shown escaped) and whether the fan stays anonymous: the overlay,
+    # other fans and the model see "anonymous"; the ledger and admins still know who bought.
+    note: Mapped[str | None] = mapped_column(String(NOTE_MAX))
+    anonymous: Mapped[bool] = mapped_column(default=False)
+    # The model's show that was open (live or paused) when the purchase was made: sales by show.
+    show_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("shows.id"))
     purchase_day: Mapped[date] = mapped_column(Date)  # calendar day in the configured time zone
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     settled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
@@ -141,6 +152,10 @@ def refusal(
     *,
     buyer_active: bool,
     available: bool,
+    show_ended: bool = False,
+    live_required: bool,
+    live: bool,
+    queue_paused: bool,
     price: int,
     balance: int | None,
     daily_max: int | None,
@@ -155,11 +170,20 @@ def refusal(
     model's locks, where its answer is final. `bought_today` (the fan's purchases of the item that count toward
     the daily limit) and `queue_size` (the model's open queue entries) are asked only when the rule needs them,
     since each may cost a query. A missing balance (no wallet) refuses like an empty one. `available` covers the
-    item, its menu, its model's account and whether the fan may see the menu."""
+    item, its menu, its model's account and whether the fan may see the menu. `live_required`
+(models.shows.live_required) and `live`: whether the item needs the model live, and whether they are;
+`queue_paused`: the model takes no new Queue ON entries for now. `show_ended` (settlement only): a Queue ON
+purchase made before its model ended a show with refund_all, which it would have refunded had it been queued."""
     if not buyer_active:
         return "account_inactive"
     if not available:
         return "item_unavailable"
+    if show_ended:
+        return "show_ended"
+    if live_required and not live:
+        return "model_not_live"
+    if queued and queue_paused:
+        return "queue_paused"
     if balance is None or balance < price:
         return "insufficient_balance"
     if daily_max is not None and bought_today() >= daily_max:

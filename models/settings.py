@@ -171,6 +171,8 @@ class Settings:
     settle_batch_size: int = 100
     settle_linger_seconds: float = 0.5  # how long an idle settle task waits for the next purchase
     queue_capacity: int = 50
+    # Queue OFF items (for the live stream) are sold only while the model has a live show (models/shows.py).
+    queue_off_needs_show: bool = True
     # The platform's commission in basis points (100 = 1 %) on every sale of a model with no rate of its own.
     platform_fee_bps: int = 0
     history_max_limit: int = 100
@@ -302,6 +304,7 @@ class Settings:
             settle_linger_seconds=min(MAX_SETTLE_LINGER_SECONDS,
                                       _number(env, "SETTLE_LINGER_SECONDS", d["settle_linger_seconds"], float)),
             queue_capacity=_number(env, "QUEUE_CAPACITY", d["queue_capacity"]),
+            queue_off_needs_show=_bool(env, "QUEUE_OFF_NEEDS_SHOW", d["queue_off_needs_show"]),
             platform_fee_bps=_fee_bps(env),
             history_max_limit=_number(env, "HISTORY_MAX_LIMIT", d["history_max_limit"]),
             broker_visibility_timeout=_number(env, "BROKER_VISIBILITY_TIMEOUT", d["broker_visibility_timeout"]),

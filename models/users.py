@@ -31,6 +31,8 @@ class User(Base):
     role: Mapped[str] = mapped_column(str_enum(*ROLES, name="user_role"))
     display_name: Mapped[str | None] = mapped_column(String(65))
     is_active: Mapped[bool] = mapped_column(default=True)
+    # A model's: new Queue ON purchases are refused (queue_paused) until they resume the queue.
+    queue_paused: Mapped[bool] = mapped_column(default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     def set_password(self, password: str) -> None:

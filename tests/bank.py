@@ -26,6 +26,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from datetime import datetime
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,6 +45,7 @@ from models.menus import Menu, MenuItem
 from models.outbox import OutboxEvent
 from models.purchases import Purchase
 from models.revenue import CommissionRate, EarningsDay
+from models.shows import Show
 from models.schema import upgrade_head
 from models.users import create_user
 from models.webhooks import WebhookDelivery
@@ -82,6 +84,7 @@ class Config:
     webhook_kills: int = 1  # the webhook worker SIGKILLed while the receiver holds a delivery's answer
     queue_actions: float = 0.4  # chance a purchase is followed by a start, complete, reject or cancel
     payouts: float = 0.03  # chance a purchase is followed by an admin's payout (its key sometimes replayed)
+    show_ends: float = 0.02  # chance a purchase is followed by a model ending their show (keep or refund_all)
     fee_bps: int = 1500  # the platform's commission (PLATFORM_FEE_BPS); some models have a rate of their own
     key_reuse: float = 0.15  # chance a purchase replays an earlier key of the same fan (same or other item)
     quiet_seconds: float = 60
@@ -301,6 +304,7 @@ def build_shop(cluster: Cluster, cfg: Config, rng: random.Random) -> Shop:
                 s.add(CommissionRate(model_id=model.id, bps=own_rate))
             rates[model.id] = cfg.fee_bps if own_rate is None else own_rate
             s.add(LovenseLink(model_id=model.id, uid=str(model.id), toys={}))
+            s.add(Show(model_id=model.id))  # live: Queue OFF items need a show (the clients end and restart it)
             for mode in ("OFF", "ON"):
                 menu = Menu(model_id=model.id, name=f"{mode} menu", queue_mode=mode,
                             queue_order=rng.choice(["priority", "fifo"]))
@@ -439,6 +443,27 @@ class Client:
             status, data = self.act(f"/queue/{pid}/cancel", fan)
         recorder.action(action, status, data)
 
+    def show_end(self, recorder):
+        """A model ends their show, keeping or refunding every queued entry, then goes live again. A careful
+        console sends an end that did not answer again: a refund_all cut short by a fault is finished then."""
+        model = self.rng.choice(self.shop.models)
+        mode = self.rng.choice(["keep", "refund_all"])
+        for attempt in range(6):
+            status, data = self.act("/show/end", model, {"open_entries": mode})
+            if status is not None and status < 500:
+                break
+            time.sleep(0.3 * (attempt + 1))
+        recorder.show(f"show end {mode}", status, data)
+        if status == 200 and mode == "refund_all":
+            with recorder.lock:
+                recorder.refund_all_ends.append((model[0], data["show"]["ended_at"]))
+        for attempt in range(6):
+            status, data = self.act("/show/start", model)
+            if status == 200:
+                break
+            time.sleep(0.3 * (attempt + 1))
+        recorder.show("show start", status, data)
+
     def payout(self, recorder, used: list):
         """An admin pays a model out (a new key, or an earlier one replayed with its amount)."""
         if used and self.rng.random() < 0.3:
@@ -463,6 +488,7 @@ class Recorder:
         self.answered = {}  # purchase id -> last status the client was told
         self.anomalies = []
         self.queued = {}  # purchase id -> fan, for cancellations
+        self.refund_all_ends = []  # (model id, ended_at) of each show ended with refund_all
 
     def queued_sample(self, rng):
         with self.lock:
@@ -481,6 +507,14 @@ class Recorder:
                 self.anomalies.append(f"{name} answered {status} {code}")
                 return
             self.answered[str(data["purchase_id"])] = data["status"]
+
+    def show(self, name, status, data):
+        with self.lock:
+            code = error_code(data)
+            self.responses[f"{name} {status}{':' + code if code else ''}"] += 1
+            # Done, no open show (another client ended it first), or a fault that outlasted the retries.
+            if status not in (None, 200, 503) and code != "no_open_show":
+                self.anomalies.append(f"{name} answered {status} {code}")
 
     def payout(self, status, data):
         with self.lock:
@@ -582,6 +616,8 @@ def run(cfg: Config, log=print) -> Report:
                 client.queue_action(recorder)
             if client.rng.random() < cfg.payouts:
                 client.payout(recorder, payout_keys)
+            if client.rng.random() < cfg.show_ends:
+                client.show_end(recorder)
             report.purchases = sent[0]
 
     threads = [threading.Thread(target=client_loop, args=(i,), daemon=True) for i in range(cfg.clients)]
@@ -785,7 +821,8 @@ def _toy_differences(lovense: FakeLovense, shop: Shop, rows, report: Report) -> 
     return out
 
 
-REFUND_BY_REASON = {"cancelled_by_fan": {"queue.entry.cancelled"}, "deadline_passed": {"queue.entry.refunded"}}
+REFUND_BY_REASON = {"cancelled_by_fan": {"queue.entry.cancelled"}, "deadline_passed": {"queue.entry.refunded"},
+                    "show_ended": {"queue.entry.refunded"}}
 
 
 def _expected_events(p) -> list[set]:
@@ -827,6 +864,29 @@ def _event_differences(s, purchases, activations) -> list[str]:
     for pid, a in activations.items():
         if a.status in TOY_EVENTS and (toys.get(pid) or [None])[-1] != TOY_EVENTS[a.status]:
             out.append(f"toy activation of {pid} is {a.status}; its events {toys.get(pid)}")
+    return out
+
+
+def _show_differences(s, purchases, recorder: Recorder) -> list[str]:
+    """At most one open show per model; after a refund_all end that answered, no entry bought before that end is
+    still queued; every show_ended refund is a queued entry of its model bought before one of its refund_all
+    ends."""
+    out = []
+    open_shows = s.execute(select(Show.model_id, func.count()).where(Show.status != "ended")
+                           .group_by(Show.model_id).having(func.count() > 1)).all()
+    out.extend(f"model {m} has {n} open shows" for m, n in open_shows)
+    ends = {}
+    for model_id, ended_at in recorder.refund_all_ends:
+        ends.setdefault(model_id, []).append(datetime.fromisoformat(ended_at))
+    for pid, p in purchases.items():
+        mine = ends.get(p.model_id, [])
+        if p.status == "queued" and any(p.created_at <= end for end in mine):
+            out.append(f"purchase {pid} bought before a refund_all end of its show is still queued")
+        if p.refund_reason == "show_ended" and not any(p.created_at <= end for end in mine):
+            # an end whose answer was lost to a fault is not in the recorder: look it up
+            if s.scalar(select(func.count()).select_from(Show).where(
+                    Show.model_id == p.model_id, Show.end_mode == "refund_all", Show.ended_at >= p.created_at)) == 0:
+                out.append(f"purchase {pid} refunded as show_ended with no refund_all end after it")
     return out
 
 
@@ -945,6 +1005,7 @@ def _check(cluster: Cluster, report: Report, shop: Shop, recorder: Recorder) -> 
                 or p.started_at is not None
             if toy and started and pid not in activations:
                 anomalies.append(f"purchase {pid} ({p.transaction_type}, {p.status}) never had its toy activation")
+        anomalies.extend(_show_differences(s, purchases, recorder))
         negative = s.scalar(select(func.count()).select_from(Account)
                             .where(Account.balance < 0, Account.kind.not_in(("token_issuer", "points_issuer"))))
         if negative:

@@ -29,13 +29,13 @@ def error_code(r) -> str:
     return r.json["error"]["code"]
 
 
-def pending_purchase(fan, model, menu, item) -> uuid.UUID:
+def pending_purchase(fan, model, menu, item, transaction_type="immediate") -> uuid.UUID:
     """A purchase intake accepted and the worker has not settled yet."""
     s = new_session()
     try:
         now = utcnow()
         p = Purchase(fan_id=fan.id, model_id=model.id, menu_id=menu.id, item_id=item.id, item_name=item.name,
-                     token_value=item.token_value, loyalty_points=0, transaction_type="immediate",
+                     token_value=item.token_value, loyalty_points=0, transaction_type=transaction_type,
                      purchase_day=now.date(), created_at=now)
         s.add(p)
         s.commit()

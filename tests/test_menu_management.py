@@ -305,6 +305,7 @@ def test_price_edit_after_a_purchase_keeps_the_purchase_price_and_points(client,
     menu = new_menu(client, headers, items=[{"name": "Dance", "token_value": 50, "bonus_loyalty_points": 30}])
     item = menu["items"][0]
     fan = factory.user("fan", tokens=200)
+    factory.go_live(model)
     fan_headers = factory.headers(fan)
     r = client.post("/menu/purchase", json={"menu_id": menu["id"], "item_id": item["id"]}, headers=fan_headers)
     assert r.status_code == 200 and r.json["status"] == "completed", r.json

@@ -59,6 +59,7 @@ def test_a_fan_known_only_from_a_platform_token_buys_and_it_settles(platform, pl
     assert r.status_code == 201, r.json
     menus = platform_client.get(f"/menu/model/{MODEL_OBJECT_ID}", headers=bearer(fan_token)).json
     assert [m["name"] for m in menus] == ["Live"]
+    assert platform_client.post("/show/start", headers=bearer(model_token)).json["live"]  # Queue OFF: a show
 
     # The platform tops its fan up with its own admin token and its own id of the fan (created on first sight).
     r = platform_client.post(f"/admin/users/{FAN_OBJECT_ID}/top-up", json={"amount": 100},

@@ -15,6 +15,7 @@ import uuid
 import pytest
 from conftest import SETTINGS, WebhookWorkerProcess, make_settings, new_session
 from fake_webhook_receiver import FakeWebhookReceiver
+from test_events import wait_relayed
 from sqlalchemy import select
 
 from models.outbox import OutboxEvent
@@ -89,9 +90,12 @@ def buy(client, factory, fan, menu) -> str:
 
 
 def shop(factory, tokens=100):
-    """A model with a Queue OFF menu and a fan who can buy from it."""
+    """A model with a Queue OFF menu and a fan who can buy from it. The model goes live (a show.changed event):
+    built before an endpoint is registered, and relayed before this returns, so that event is no endpoint's."""
     model = factory.user("model")
-    return factory.user("fan", tokens=tokens), factory.menu(model)
+    built = factory.user("fan", tokens=tokens), factory.menu(model)
+    wait_relayed()
+    return built
 
 
 verify = FakeWebhookReceiver.verify
@@ -146,9 +150,9 @@ def test_a_purchase_reaches_the_endpoint_signed_in_order(client, factory, receiv
     assert (queues[celery_worker.node], queues[hooks_worker.node]) == ({"celery"}, {"webhooks"}), queues
     receiver = receivers()
     admin = factory.headers(factory.user("admin"))
+    fan, menu = shop(factory)
     endpoint = register(client, admin, receiver.url, description="platform notifications")
     assert endpoint["secret"].startswith("whsec_") and endpoint["is_active"] and endpoint["event_types"] == []
-    fan, menu = shop(factory)
 
     purchase_id = buy(client, factory, fan, menu)
     events = numbered(purchase_id, 2)
@@ -208,8 +212,8 @@ def test_an_endpoint_that_keeps_failing_goes_dead_then_replays_deliver(client, f
     receiver = receivers()
     receiver.script(default=(503, 0))
     admin = factory.headers(factory.user("admin"))
-    endpoint = register(client, admin, receiver.url)
     fan, menu = shop(factory)
+    endpoint = register(client, admin, receiver.url)
 
     purchase_id = buy(client, factory, fan, menu)
     first, second = numbered(purchase_id, 2)
@@ -251,9 +255,9 @@ def test_a_slow_endpoint_does_not_delay_another(client, factory, receivers, webh
     slow, healthy = receivers(), receivers()
     slow.script(default=(200, 3))
     admin = factory.headers(factory.user("admin"))
+    fan, menu = shop(factory)
     slow_endpoint = register(client, admin, slow.url)
     register(client, admin, healthy.url)
-    fan, menu = shop(factory)
 
     bought_at = time.time()
     purchase_id = buy(client, factory, fan, menu)
@@ -272,8 +276,8 @@ def test_a_worker_killed_mid_delivery_delivers_at_least_once(client, factory, re
     receiver = receivers()
     receiver.script((200, 60))  # processed, then the answer hangs
     admin = factory.headers(factory.user("admin"))
-    endpoint = register(client, admin, receiver.url)
     fan, menu = shop(factory)
+    endpoint = register(client, admin, receiver.url)
 
     purchase_id = buy(client, factory, fan, menu)
     first, second = numbered(purchase_id, 2)

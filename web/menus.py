@@ -8,6 +8,7 @@ from sqlalchemy.orm import selectinload
 
 from models.lovense import LovenseLink, activation_enabled, toy_unavailable
 from models.menus import Menu, MenuWhitelist
+from models.shows import live_models
 from models.types import utcnow
 from models.users import find_user_id
 
@@ -22,7 +23,7 @@ blp = Blueprint("menus", __name__, url_prefix="/menu", description="Menus and th
 
 
 _MENU_FIELDS = ("id", "model_id", "name", "description", "queue_mode", "visibility", "queue_order", "theme",
-                "delivery_hours_default", "is_active", "display_order", "created_at", "updated_at")
+                "delivery_hours_default", "is_active", "live_only", "display_order", "created_at", "updated_at")
 
 
 def mark_toy_status(session, items, model_id) -> None:
@@ -45,12 +46,20 @@ def menu_view(session, menu: Menu, owner_view: bool) -> dict:
     return {**{c: getattr(menu, c) for c in _MENU_FIELDS}, "items": items, "whitelist_users": whitelist}
 
 
-def load_visible_menu(session, menu_id: uuid.UUID | None) -> Menu:
-    """The menu if the caller may see it: 404 if missing or switched off (to non-owners), 403 if hidden."""
+def shown(menu: Menu, owner_view: bool, live: bool) -> bool:
+    """Whether a menu is listed: switched-off menus and, while the model is not live, live-only menus are for
+    their model and admins only."""
+    return owner_view or (menu.is_active and (live or not menu.live_only))
+
+
+def load_visible_menu(session, menu_id: uuid.UUID | None, buying: bool = False) -> Menu:
+    """The menu if the caller may see it: 404 if missing, switched off or live-only while the model is not live
+    (to non-owners), 403 if hidden. `buying`: the live-only rule is the purchase rules' (409 model_not_live)."""
     menu = session.get(Menu, menu_id) if menu_id is not None else None
     user_id, role = current_user_id(), current_role()
     owner_view = role == "admin" or (menu is not None and menu.model_id == user_id)
-    if menu is None or not (menu.is_active or owner_view):
+    live = buying or (menu is not None and menu.live_only and bool(live_models(session, [menu.model_id])))
+    if menu is None or not shown(menu, owner_view, live):
         raise ApiError(404, "not_found", "No such menu")
     if not menu.visible_to(session, user_id, role, utcnow()):
         raise ApiError(403, "forbidden", "This menu is for subscribers or invited fans only")
@@ -101,8 +110,9 @@ def get_model_menus(model_id):
         .options(selectinload(Menu.items))
     ).all()
     now = utcnow()
+    live = bool(live_models(session, [model_id]))
     return [
         menu_view(session, m, owner_view)
         for m in menus
-        if (m.is_active or owner_view) and m.visible_to(session, user_id, role, now)
+        if shown(m, owner_view, live) and m.visible_to(session, user_id, role, now)
     ]

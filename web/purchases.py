@@ -6,6 +6,7 @@ from __future__ import annotations
 from flask import g, request, url_for
 from sqlalchemy import bindparam, func, literal, select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import aliased
 
 from models.auth_sessions import token_check_columns
 from models.infra import metrics
@@ -17,8 +18,9 @@ from models.services import performance_queue
 from models.services.activations import slot_of
 from models.services.settlement import open_queue_size_query
 from models.services.verdicts import wait_for_verdict
+from models.shows import OPEN_SHOW, Show, live_required
 from models.types import utcnow
-from models.users import parse_uuid
+from models.users import User, parse_uuid
 from worker.handoff import request_settlement
 
 from .auth import current_role, current_user_id, refuse_unusable_token, role_required
@@ -34,6 +36,9 @@ blp = Blueprint("purchases", __name__, url_prefix="/menu/purchase", description=
 
 # HTTP status of a refused purchase, by reason (the same codes whether intake or the worker refused it).
 REFUSAL_STATUS = {
+    "show_ended": 409,
+    "model_not_live": 409,
+    "queue_paused": 409,
     "insufficient_balance": 402,
     "daily_limit_reached": 422,
     "queue_full": 409,
@@ -41,6 +46,9 @@ REFUSAL_STATUS = {
     "account_inactive": 403,
 }
 REFUSAL_MESSAGE = {
+    "show_ended": "The show ended and its queue was refunded",
+    "model_not_live": "The model is not live: this item is sold during a show",
+    "queue_paused": "The model has paused their queue",
     "insufficient_balance": "Not enough tokens for this item",
     "daily_limit_reached": "You have reached today's limit for this item",
     "queue_full": "The model's queue is full",
@@ -65,11 +73,14 @@ def purchase_view(p: Purchase) -> dict:
         "menu_id": p.menu_id,
         "item_id": p.item_id,
         "model_id": p.model_id,
-        "fan_id": p.fan_id,
+        "fan_id": None if hidden_buyer(p) else p.fan_id,
         "failure_reason": p.failure_reason,
         "refund_reason": p.refund_reason,
         "idempotency_key": p.idempotency_key,
         "metadata": p.client_metadata,
+        "note": p.note,
+        "anonymous": p.anonymous,
+        "show_id": p.show_id,
         "created_at": p.created_at,
         "updated_at": p.updated_at,
         "settled_at": p.settled_at,
@@ -82,6 +93,11 @@ def purchase_view(p: Purchase) -> dict:
         "toy": slot_of(db(), p.id) if activation_enabled(p.lovense_activation) else None,
         "status_url": url_for("purchases.purchase_status", purchase_id=p.id),
     }
+
+
+def hidden_buyer(p: Purchase) -> bool:
+    """An anonymous purchase's buyer is hidden from the model (the fan and admins see it)."""
+    return p.anonymous and current_role() == "model"
 
 
 def refuse(reason: str, **extra):
@@ -116,7 +132,9 @@ def _settled_response(session, purchase: Purchase):
 # Built once (the operator overloading of building it costs more than running it): the id of the fan's
 # purchase already made with this idempotency key (None if none or no key), the menu (None if missing), the
 # item (None unless on that menu), the fan's wallet balance, the open entries of the menu's model's queue and
-# whether the fan's token may be used (web/auth.py, session_checked_by_view), in one round trip; the one-row FROM keeps the id and the balance when the menu is missing.
+# whether the fan's token may be used (web/auth.py, session_checked_by_view), the model's open show and
+# whether their queue is paused, in one round trip; the one-row FROM keeps the id and the balance when the menu is missing.
+_model = aliased(User)
 _INTAKE_QUERY = (
     select(
         select(Purchase.id)
@@ -129,15 +147,21 @@ _INTAKE_QUERY = (
         .scalar_subquery(),
         open_queue_size_query(Menu.model_id).scalar_subquery(),
         *token_check_columns(bindparam("fan_id"), bindparam("token_session")),
+        Show.id,
+        Show.status,
+        _model.queue_paused,
     )
     .select_from(select(literal(1).label("one")).subquery())
     .outerjoin(Menu, Menu.id == bindparam("menu_id"))
     .outerjoin(MenuItem, (MenuItem.id == bindparam("item_id")) & (MenuItem.menu_id == Menu.id))
+    .outerjoin(Show, (Show.model_id == Menu.model_id) & Show.status.in_(OPEN_SHOW))
+    .outerjoin(_model, _model.id == Menu.model_id)
 )
 
 
 def load_for_intake(session, menu_id, item_id, fan_id, key, token_session):
-    """(existing purchase id, menu, item, wallet balance, open queue entries, fan active, token's session open):
+    """(existing purchase id, menu, item, wallet balance, open queue entries, fan active, token's session open,
+    open show id, its status, model's queue paused):
     see _INTAKE_QUERY. The menu and the item stay in the session's identity map, so session.get answers them
     without a query."""
     return session.execute(
@@ -183,14 +207,14 @@ def create_purchase(body):
 
     menu_id = parse_uuid(body["menu_id"])
     item_id = parse_uuid(body.get("menu_item_id") or body.get("item_id"))
-    existing_id, _menu, item, balance, queue_size, fan_active, session_open = load_for_intake(
-        session, menu_id, item_id, fan_id, key, g.token_session)
+    (existing_id, _menu, item, balance, queue_size, fan_active, session_open, show_id, show_status,
+     queue_paused) = load_for_intake(session, menu_id, item_id, fan_id, key, g.token_session)
     refuse_unusable_token(fan_active, session_open)
     if key is not None and not 1 <= len(key) <= 128:
         raise ApiError(422, "invalid_request", "The idempotency key must be 1 to 128 characters")
     if existing_id is not None:
         return _replay(session, session.get(Purchase, existing_id), menu_id, item_id)
-    menu = load_visible_menu(session, menu_id)
+    menu = load_visible_menu(session, menu_id, buying=True)
     if item is None:
         raise ApiError(404, "not_found", "No such item on this menu")
 
@@ -200,6 +224,9 @@ def create_purchase(body):
     reason = refusal(
         buyer_active=True,  # authenticate() refused an inactive account's token
         available=item.is_active and menu.is_active,
+        live_required=live_required(queued, menu.live_only, config.queue_off_needs_show),
+        live=show_status == "live",
+        queue_paused=bool(queue_paused),
         price=item.token_value,
         balance=balance,
         daily_max=item.max_daily_purchases,
@@ -226,6 +253,9 @@ def create_purchase(body):
         queue_priority=item.token_value if queued and menu.queue_order == "priority" else 0,
         idempotency_key=key or None,
         client_metadata=body.get("metadata"),
+        note=body.get("note") or None,
+        anonymous=body["anonymous"],
+        show_id=show_id,
         purchase_day=day,
         created_at=now,
     )

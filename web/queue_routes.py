@@ -8,6 +8,8 @@ from __future__ import annotations
 from marshmallow import Schema, fields, validate
 from sqlalchemy import select
 
+from models.audit import audit
+from models.outbox import queue_changed
 from models.purchases import InvalidTransition
 from models.services import escrow
 from models.services.performance_queue import open_entries
@@ -35,8 +37,11 @@ class QueueEntryOut(Schema):
     status = fields.String()
     item_id = fields.UUID()
     item_name = fields.String()
-    fan_id = fields.UUID()
-    fan_display_name = fields.String(allow_none=True, metadata={"description": "the fan's display name, if any"})
+    fan_id = fields.UUID(allow_none=True, metadata={"description": "null when the fan bought anonymously"})
+    fan_display_name = fields.String(allow_none=True, metadata={
+        "description": "the fan's display name, if any (null when the fan bought anonymously)"})
+    anonymous = fields.Boolean()
+    note = fields.String(allow_none=True, metadata={"description": "the fan's note (plain text: escape it)"})
     token_value = fields.Integer()
     estimated_duration_minutes = fields.Integer()
     estimated_wait_minutes = fields.Integer()
@@ -47,6 +52,7 @@ class QueueEntryOut(Schema):
 
 class QueueOut(Schema):
     model_id = fields.UUID()
+    paused = fields.Boolean(metadata={"description": "new Queue ON purchases are refused (queue_paused)"})
     entries = fields.List(fields.Nested(QueueEntryOut))
     total = fields.Integer()
     total_minutes = fields.Integer()
@@ -80,6 +86,7 @@ def my_queue():
     open_now = open_entries(session, model_id)
     fan_ids = {p.fan_id for p in open_now}
     names = dict(session.execute(select(User.id, User.display_name).where(User.id.in_(fan_ids))).all())
+    paused = session.scalar(select(User.queue_paused).where(User.id == model_id))
     for position, p in enumerate(open_now, start=1):
         entries.append({
             "position": position,
@@ -87,8 +94,10 @@ def my_queue():
             "status": p.status,
             "item_id": p.item_id,
             "item_name": p.item_name,
-            "fan_id": p.fan_id,
-            "fan_display_name": names.get(p.fan_id),
+            "fan_id": None if p.anonymous else p.fan_id,
+            "fan_display_name": None if p.anonymous else names.get(p.fan_id),
+            "anonymous": p.anonymous,
+            "note": p.note,
             "token_value": p.token_value,
             "estimated_duration_minutes": p.estimated_duration_minutes,
             "estimated_wait_minutes": wait,
@@ -97,7 +106,8 @@ def my_queue():
             "escrow_deadline": p.escrow_deadline,
         })
         wait += p.estimated_duration_minutes or 0
-    return {"model_id": model_id, "entries": entries, "total": len(entries), "total_minutes": wait}
+    return {"model_id": model_id, "entries": entries, "total": len(entries), "total_minutes": wait,
+            "paused": paused}
 
 
 def _act(purchase_id, owner: str, action):
@@ -180,3 +190,34 @@ def _cancel(session, purchase, actor_id):
 def cancel_entry(purchase_id):
     """Cancel one of the caller's entries that the model has not started: the tokens come back."""
     return _act(purchase_id, "fan_id", _cancel)
+
+
+class QueuePausedOut(Schema):
+    paused = fields.Boolean()
+
+
+def _set_paused(paused: bool):
+    session = db()
+    model = session.get(User, current_user_id())
+    if model.queue_paused != paused:
+        model.queue_paused = paused
+        audit(session, "queue.paused" if paused else "queue.resumed", model.id, model.id)
+        queue_changed(session, model.id)
+        session.commit()
+    return {"paused": paused}
+
+
+@blp.route("/pause", methods=["POST"])
+@role_required("model")
+@blp.response(200, QueuePausedOut, example={"paused": True})
+def pause_queue():
+    """Take no new Queue ON purchases (they are refused with 409 `queue_paused`); the open entries stay."""
+    return _set_paused(True)
+
+
+@blp.route("/resume", methods=["POST"])
+@role_required("model")
+@blp.response(200, QueuePausedOut, example={"paused": False})
+def resume_queue():
+    """Take Queue ON purchases again."""
+    return _set_paused(False)

@@ -8,6 +8,7 @@ from marshmallow import EXCLUDE, INCLUDE, Schema, ValidationError, fields, valid
 
 from models.menu_schemas import LovenseActivationSchema, ThemeSchema
 from models.menus import MAX_ITEMS_PER_MENU
+from models.purchases import NOTE_MAX
 
 
 class MenuItemOut(Schema):
@@ -51,6 +52,7 @@ class MenuOut(Schema):
     theme = fields.Nested(ThemeSchema, allow_none=True)
     delivery_hours_default = fields.Integer()
     is_active = fields.Boolean()
+    live_only = fields.Boolean(metadata={"description": "shown to fans and sold only while the model is live"})
     display_order = fields.Integer()
     items = fields.List(fields.Nested(MenuItemOut))
     menu_items = fields.List(fields.Nested(MenuItemOut), attribute="items", dump_only=True)
@@ -77,6 +79,12 @@ def _small_json(value) -> None:
         raise ValidationError(f"At most {MAX_METADATA_BYTES} bytes of JSON.")
 
 
+def _plain_text(value: str) -> None:
+    """Line breaks and tabs, but no other control characters (they hide text on a page or an overlay)."""
+    if any(ord(c) < 32 and c not in "\n\t" or 0x7f <= ord(c) < 0xa0 for c in value):
+        raise ValidationError("Plain text only: no control characters.")
+
+
 class PurchaseRequest(Schema):
     """The seed API's body: {menu_id, menu_item_id, idempotency_key, metadata}. Ids are strings here, so an id
     that names nothing we know (a platform's 24-hex ObjectId) is a plain 404, not a validation message."""
@@ -93,6 +101,13 @@ class PurchaseRequest(Schema):
     metadata = fields.Dict(keys=fields.String(), allow_none=True, validate=_small_json,
                            metadata={"description": f"the client's own JSON object, kept with the purchase "
                                                     f"(at most {MAX_METADATA_BYTES} bytes)"})
+
+    note = fields.String(allow_none=True, validate=[validate.Length(max=NOTE_MAX), _plain_text], metadata={
+        "description": f"for the model (what a custom photo should show): plain text, at most {NOTE_MAX} "
+                       "characters, shown escaped"})
+    anonymous = fields.Boolean(load_default=False, metadata={
+        "description": "hide the buyer from the overlay, other fans and the model (admins and the ledger still "
+                       "know)"})
 
     @validates_schema
     def _one_item(self, data, **_kwargs):
@@ -138,6 +153,9 @@ class PurchaseOut(Schema):
     refund_reason = fields.String(allow_none=True)
     idempotency_key = fields.String(allow_none=True)
     metadata = fields.Dict(allow_none=True)
+    note = fields.String(allow_none=True)
+    anonymous = fields.Boolean()
+    show_id = fields.UUID(allow_none=True, metadata={"description": "the show it was bought in, if any"})
     created_at = fields.DateTime()
     createdAt = fields.DateTime(attribute="created_at", dump_only=True)
     updatedAt = fields.DateTime(attribute="updated_at", dump_only=True)

@@ -8,6 +8,8 @@ a retry or a crash half-way changes the books at most once.
 """
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
 from sqlalchemy import func, select
 
 from ..audit import audit
@@ -15,6 +17,7 @@ from ..ledger import lock_accounts, post
 from ..menus import Menu, MenuItem
 from ..outbox import purchase_event, queue_changed
 from ..revenue import fee_rates, pay_model
+from ..shows import last_refund_all_ends, live_models, live_required
 from ..purchases import (
     OPEN_QUEUE_STATUSES,
     SETTLED_COUNTS_TOWARD_DAILY_LIMIT,
@@ -25,6 +28,9 @@ from ..purchases import (
 )
 from ..types import utcnow
 from ..users import User
+
+
+_NEVER = datetime.min.replace(tzinfo=timezone.utc)
 
 
 def claim_pending(session, purchase_ids=None, limit: int = 100, older_than=None):
@@ -54,15 +60,23 @@ def settle_pending(session, settings, purchase_ids=None, limit: int = 100, older
     purchases = [purchase for purchase, _item, _menu in claimed]
     users = {p.fan_id for p in purchases} | {p.model_id for p in purchases}
     accounts = lock_accounts(session, users)
-    # Intake saw these accounts active; an admin may have deactivated one since (models/auth_sessions.py).
-    inactive = set(session.scalars(select(User.id).where(User.id.in_(users), User.is_active.is_(False))))
-    rates = fee_rates(session, {p.model_id for p in purchases}, settings.platform_fee_bps)
+    # Intake saw these accounts active; an admin may have deactivated one since (models/auth_sessions.py). A
+    # model may have paused their queue or ended their show since, too.
+    flags = session.execute(select(User.id, User.is_active, User.queue_paused).where(User.id.in_(users))).all()
+    inactive = {user_id for user_id, active, _paused in flags if not active}
+    paused = {user_id for user_id, _active, queue_paused in flags if queue_paused}
+    models = {p.model_id for p in purchases}
+    live = live_models(session, models)
+    refund_all_ended = last_refund_all_ends(session, models)
+    rates = fee_rates(session, models, settings.platform_fee_bps)
     now = utcnow()
     # Open queue entries per model, counted once per batch: the model's accounts are locked, so only this
     # batch adds entries until the commit, and it counts its own.
     queue_sizes: dict = {}
     for purchase, item, menu in claimed:
-        reason = _refusal(session, settings, purchase, item, menu, accounts, queue_sizes, inactive, now)
+        reason = _refusal(session, settings, purchase, item, menu, accounts, queue_sizes, inactive, now,
+                          live=purchase.model_id in live, queue_paused=purchase.model_id in paused,
+                          show_ended=purchase.created_at <= refund_all_ended.get(purchase.model_id, _NEVER))
         if reason is not None:
             purchase.transition("failed", now, reason=reason)
         elif purchase.transaction_type == "immediate":
@@ -82,7 +96,8 @@ def settle_pending(session, settings, purchase_ids=None, limit: int = 100, older
     return purchases
 
 
-def _refusal(session, settings, purchase, item, menu, accounts, queue_sizes, inactive, now) -> str | None:
+def _refusal(session, settings, purchase, item, menu, accounts, queue_sizes, inactive, now, live: bool,
+             queue_paused: bool, show_ended: bool) -> str | None:
     """The purchase rules under lock. The purchase itself is still pending, so the daily count takes settled
     purchases only; a model's queue size is counted once per batch (`queue_sizes`). The menu's visibility is
     asked again: a subscription may have lapsed or a whitelist entry gone since intake."""
@@ -96,6 +111,11 @@ def _refusal(session, settings, purchase, item, menu, accounts, queue_sizes, ina
         buyer_active=purchase.fan_id not in inactive,
         available=(item.is_active and menu.is_active and purchase.model_id not in inactive
                    and menu.visible_to(session, purchase.fan_id, "fan", now)),
+        show_ended=show_ended and purchase.transaction_type == "queued",
+        live_required=live_required(purchase.transaction_type == "queued", menu.live_only,
+                                    settings.queue_off_needs_show),
+        live=live,
+        queue_paused=queue_paused,
         price=purchase.token_value,
         balance=accounts[(purchase.fan_id, "wallet")].balance,
         daily_max=item.max_daily_purchases,

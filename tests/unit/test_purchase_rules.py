@@ -17,6 +17,7 @@ from models.purchases import (
     purchase_day_of,
     refusal,
 )
+from models.shows import live_required
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
 TIMESTAMPS = ("settled_at", "started_at", "completed_at", "failed_at", "refunded_at")
@@ -104,8 +105,8 @@ def never():
 
 def ask(**changes):
     """A purchase that passes every rule, with some inputs changed."""
-    args = dict(buyer_active=True, available=True, price=10, balance=10, daily_max=None, bought_today=never, queued=False,
-                queue_size=never, queue_capacity=50)
+    args = dict(buyer_active=True, available=True, live_required=True, live=True, queue_paused=False, price=10,
+                balance=10, daily_max=None, bought_today=never, queued=False, queue_size=never, queue_capacity=50)
     args.update(changes)
     return refusal(**args)
 
@@ -153,6 +154,9 @@ def test_rules_are_checked_in_the_order_of_REFUSAL_REASONS():
     failing = {
         "account_inactive": dict(buyer_active=False),
         "item_unavailable": dict(available=False),
+        "show_ended": dict(show_ended=True),
+        "model_not_live": dict(live=False),
+        "queue_paused": dict(queued=True, queue_paused=True),
         "insufficient_balance": dict(balance=0),
         "daily_limit_reached": dict(daily_max=1, bought_today=lambda: 1),
         "queue_full": dict(queued=True, queue_size=lambda: 1, queue_capacity=1),
@@ -163,6 +167,27 @@ def test_rules_are_checked_in_the_order_of_REFUSAL_REASONS():
         for later in REFUSAL_REASONS[i:]:
             changes.update(failing[later])
         assert ask(**changes) == reason
+
+
+@pytest.mark.parametrize("queued,live_only,needs_show,live,expected", [
+    (False, False, True, False, "model_not_live"),   # Queue OFF is for the live stream
+    (False, False, True, True, None),
+    (False, False, False, False, None),              # the operator turned the show rule off
+    (True, False, True, False, None),                # Queue ON: offline requests are what it is for
+    (True, True, True, False, "model_not_live"),     # ... unless the menu is live-only
+    (False, True, False, False, "model_not_live"),
+    (True, True, False, True, None),
+])
+def test_live_rule(queued, live_only, needs_show, live, expected):
+    """Queue OFF items and live-only menus need the model live; Queue ON items do not."""
+    required = live_required(queued, live_only, needs_show)
+    assert ask(queued=queued, queue_size=lambda: 0, live_required=required, live=live) == expected
+
+
+def test_a_paused_queue_refuses_queue_on_only():
+    """A paused queue refuses new Queue ON purchases, and only them."""
+    assert ask(queued=True, queue_size=lambda: 0, queue_paused=True) == "queue_paused"
+    assert ask(queued=False, queue_paused=True) is None
 
 
 # --- delivery hours, deadlines, purchase days --------------------------------------------------------------
