@@ -70,6 +70,7 @@ from models.menus import Menu, MenuItem  # noqa: E402
 from models.purchases import Purchase  # noqa: E402
 from models.runtime import Runtime  # noqa: E402
 from models.schema import upgrade_head  # noqa: E402
+from models.services import shows  # noqa: E402
 from models.services.settle_signal import SCHEDULED_KEY  # noqa: E402
 from models.settings import Settings  # noqa: E402
 from models.users import create_user  # noqa: E402
@@ -238,7 +239,14 @@ class Factory:
         finally:
             s.close()
 
-    def menu(self, model, items=({"name": "Kiss", "token_value": 10, "bonus_loyalty_points": 5},), **fields):
+    def menu(self, model, items=({"name": "Kiss", "token_value": 10, "bonus_loyalty_points": 5},), live=None,
+             **fields):
+        """A menu with its items. `live`: start (or keep) a show for the model, so Queue OFF items can be bought;
+        by default for Queue OFF menus."""
+        if live is None:
+            live = fields.get("queue_mode", "OFF") == "OFF"
+        if live:
+            self.go_live(model)
         s = new_session()
         try:
             menu = Menu(model_id=model.id, name=fields.pop("name", "Menu"), **fields)
@@ -252,6 +260,14 @@ class Factory:
             s.commit()
             menu.created_items = created
             return menu
+        finally:
+            s.close()
+
+    def go_live(self, model):
+        s = new_session()
+        try:
+            shows.start(s, model.id)
+            s.commit()
         finally:
             s.close()
 
