@@ -170,10 +170,11 @@ def refusal(
     model's locks, where its answer is final. `bought_today` (the fan's purchases of the item that count toward
     the daily limit) and `queue_size` (the model's open queue entries) are asked only when the rule needs them,
     since each may cost a query. A missing balance (no wallet) refuses like an empty one. `available` covers the
-    item, its menu, its model's account and whether the fan may see the menu. `live_required`
-(models.shows.live_required) and `live`: whether the item needs the model live, and whether they are;
-`queue_paused`: the model takes no new Queue ON entries for now. `show_ended` (settlement only): a Queue ON
-purchase made before its model ended a show with refund_all, which it would have refunded had it been queued."""
+    item, its menu, its model's account and whether the fan may see the menu.
+
+    `live_required` (models.shows.live_required) and `live`: whether the item needs the model live, and whether
+    they are. `queue_paused`: the model takes no new Queue ON entries for now. `show_ended` (settlement only): a
+    Queue ON purchase made before its model ended a show with refund_all, which refunded the queue."""
     if not buyer_active:
         return "account_inactive"
     if not available:

@@ -1,6 +1,7 @@
 """A model's show: start (or resume), pause, end; ending can refund every queued entry at once
-(docs/architecture.md, "Shows"). Each function runs in the caller's transaction; the caller commits and then
-syncs the Redis queue with the purchases it returns."""
+(docs/architecture.md, "Shows"). `start`, `pause` and `end` run in the caller's transaction, which the caller
+commits; `refund_queued` commits one transaction per entry, and the caller then syncs the Redis queue with the
+purchases it returns."""
 from __future__ import annotations
 
 from sqlalchemy import select
