@@ -30,6 +30,9 @@ from worker.tasks import settle
 ANY = frozenset({"fan", "model", "admin"})
 IGNORED_METHODS = {"HEAD", "OPTIONS"}
 IGNORED_ENDPOINTS = {"static"}
+# The HTML pages and their by-key overlay plumbing (web/pages.py): sign-in by cookie and overlay key, covered by
+# tests/test_console.py; the API routes they call are in ROUTES.
+IGNORED_BLUEPRINTS = ("pages.",)
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,9 @@ ROUTES: dict[tuple[str, str], Route | None] = {
     ("POST", "/lovense/activations/<uuid:purchase_id>/resend"): Route(roles=ADMIN),
     ("POST", "/events/ticket"): Route(),
     ("GET", "/events/stream"): Route(),  # or with a ticket instead of the token (test_events.py)
+    ("GET", "/overlay-link"): Route(roles=MODEL),
+    ("POST", "/overlay-link"): Route(roles=MODEL),
+    ("DELETE", "/overlay-link"): Route(roles=MODEL),
     ("POST", "/admin/webhooks"): Route(roles=ADMIN),
     ("GET", "/admin/webhooks"): Route(roles=ADMIN),
     ("GET", "/admin/webhooks/<uuid:endpoint_id>"): Route(roles=ADMIN),
@@ -124,7 +130,7 @@ ROUTES: dict[tuple[str, str], Route | None] = {
 def app_routes(app) -> list[tuple[str, str]]:
     found = set()
     for rule in app.url_map.iter_rules():
-        if rule.endpoint in IGNORED_ENDPOINTS:
+        if rule.endpoint in IGNORED_ENDPOINTS or rule.endpoint.startswith(IGNORED_BLUEPRINTS):
             continue
         for method in rule.methods - IGNORED_METHODS:
             found.add((method, rule.rule))

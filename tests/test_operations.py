@@ -56,7 +56,8 @@ def test_openapi_documents_every_route_with_auth_errors_and_examples(app, client
 
     checked = 0
     for rule in app.url_map.iter_rules():
-        if rule.endpoint == "static" or rule.endpoint.startswith(("api-docs.", "swagger_assets.")):  # the docs
+        # The docs, and the HTML pages (web/pages.py: not API; tests/test_console.py)
+        if rule.endpoint == "static" or rule.endpoint.startswith(("api-docs.", "swagger_assets.", "pages.")):
             continue
         path = openapi_path(rule.rule)
         assert path in spec["paths"], f"{rule.rule} ({rule.endpoint}) is missing from the OpenAPI document"

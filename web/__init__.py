@@ -11,7 +11,7 @@ from models.runtime import Runtime
 from models.settings import Settings, settings_or_exit
 from worker import handoff
 
-from . import (admin, auth, docs, earnings, events, lovense, menu_manage, menus, ops, purchases, queue_routes,
+from . import (admin, auth, docs, earnings, events, lovense, menu_manage, menus, ops, pages, purchases, queue_routes,
                wallet, webhooks)
 from .cli import register_cli
 from .deps import close_db
@@ -66,6 +66,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     for blueprint in blueprints:
         api.register_blueprint(blueprint)
     app.register_blueprint(docs.swagger_assets)
+    pages.register(app, api)  # the console, fan page and overlay (HTML), and the model's overlay-link routes
     init_security_headers(app, settings)  # CSP and the other security headers on every answer
     register_error_handlers(app)  # after Api(), so our envelope replaces flask-smorest's
     app.teardown_appcontext(close_db)

@@ -169,7 +169,7 @@ def logout():
     """End the sign-in session of the bearer token (access or refresh): every token of that session, the refresh
     token included, is refused from the next request on. A platform token's session is the platform's to end:
     nothing changes here (204)."""
-    if _platform_tokens() is not None and is_platform_token(_bearer()):
+    if platform_tokens() is not None and is_platform_token(_bearer()):
         authenticate()
         return Response(status=204)
     verify_jwt_in_request(verify_type=False, locations=["headers"])
@@ -224,7 +224,7 @@ def authenticate(session_checked_by_view: bool = False) -> None:
     `session_checked_by_view`: the view selects models.auth_sessions.token_check_columns in its own statement
     and calls `refuse_unusable_token` (intake does, to stay at one round trip) for the user and `g.token_session`.
     A platform token is checked here either way (platform_user)."""
-    platform = _platform_tokens()
+    platform = platform_tokens()
     token = _bearer()
     g.token_check_deferred, g.token_session = False, None
     if platform is not None and token and is_platform_token(token):
@@ -246,7 +246,7 @@ def refuse_unusable_token(user_active: bool | None, session_open: bool) -> None:
         raise ApiError(401, reason, TOKEN_REFUSAL_MESSAGE[reason])
 
 
-def _platform_tokens() -> PlatformTokens | None:
+def platform_tokens() -> PlatformTokens | None:
     return current_app.extensions.get("perfmenu_platform_tokens")
 
 

@@ -11,6 +11,7 @@ from models.menus import LimitReached, Menu
 from models.schema import upgrade_head
 from models.services import performance_queue
 from models.services.activations import toy_items_without_lovense
+from models.shows import issue_overlay_key
 from models.users import PASSWORD_MAX, PASSWORD_MIN, ROLES, User, UsernameTaken, create_user
 
 from seed.loader import ON_CONFLICT, STARTER_FILE, TemplateConflict, TemplateError, load_templates, read_templates
@@ -188,6 +189,7 @@ def register_cli(app: Flask) -> None:
             model, fan = users["model"], users["fan"]
             entry = top_up(session, fan.id, tokens, external_ref=f"demo-top-up:{fan.id}:{tokens}")
             load_templates(session, model.id, templates, on_conflict="skip")  # the model's own edits stay
+            overlay_key = issue_overlay_key(session, model.id)  # a new overlay URL each run, like the passwords
             session.commit()
             menus = session.scalars(
                 select(Menu).where(Menu.model_id == model.id).order_by(Menu.display_order)
@@ -215,3 +217,8 @@ def register_cli(app: Flask) -> None:
             )
             click.echo(f"curl -s {base}/wallet -H \"Authorization: Bearer $TOKEN\"")
             click.echo(f"curl -s {base}/menu/model/{model.id} -H \"Authorization: Bearer $TOKEN\"")
+            click.echo("\nOr in a browser (sign in with the usernames and passwords above):")
+            click.echo(f"console   {base}/console  (demo-model)")
+            click.echo(f"fan page  {base}/fan?model={model.id}  (demo-fan)")
+            click.echo(f"overlay   {base}/overlay/{overlay_key}  (no sign-in: keep it secret; the console rotates or "
+                       "revokes it)")

@@ -32,6 +32,7 @@ from sqlalchemy import select
 from models import outbox
 from models.auth_sessions import token_refusal
 from models.purchases import OPEN_QUEUE_STATUSES, Purchase
+from models.shows import model_for_overlay_key
 from models.services import performance_queue
 
 from .auth import authenticate, current_role, current_user_id, role_required
@@ -67,11 +68,12 @@ class Viewer:
     session_id: uuid.UUID | None = None
     model_filter: str | None = None
     queue_models: frozenset = frozenset()  # a fan's models with an open entry of theirs
+    overlay_key: str | None = None  # role "overlay": the model's overlay key (web/pages.py), checked like a session
 
     def sees(self, message: dict) -> bool:
         if self.role == "admin":
             return self.model_filter is None or message["model_id"] == self.model_filter
-        if self.role == "model":
+        if self.role in ("model", "overlay"):  # an overlay's user_id is its model's
             return message["model_id"] == self.user_id
         return message["fan_id"] == self.user_id and message["type"] not in NOT_FOR_FANS
 
@@ -87,7 +89,7 @@ class Viewer:
         """The Broadcaster's keys this stream is filed under (`Broadcaster.routes_of` names a message's)."""
         if self.role == "admin":
             return {"all"} if self.model_filter is None else {f"model:{self.model_filter}"}
-        if self.role == "model":
+        if self.role in ("model", "overlay"):
             return {f"model:{self.user_id}"}
         return {f"fan:{self.user_id}"} | {f"queue:{m}" for m in self.queue_models}
 
@@ -95,9 +97,16 @@ class Viewer:
         """A coarse SQL filter for the replay; `sees` decides."""
         if self.role == "admin":
             return outbox.OutboxEvent.model_id == uuid.UUID(self.model_filter) if self.model_filter else None
-        if self.role == "model":
+        if self.role in ("model", "overlay"):
             return outbox.OutboxEvent.model_id == uuid.UUID(self.user_id)
         return outbox.OutboxEvent.fan_id == uuid.UUID(self.user_id)
+
+    def text_of(self, message: dict, text: str) -> str:
+        """What this viewer is sent of a message it sees: an overlay (public, on stream) only learns that something
+        of its type happened, never who bought what; it reads what it shows from GET /overlay/state."""
+        if self.role == "overlay":
+            return _sse({"id": message["id"], "type": message["type"]})
+        return text
 
 
 class Stream:
@@ -247,6 +256,10 @@ def _queue_places(rt, hub: Broadcaster, stream: Stream, seq: int | None) -> list
 
 
 def _still_allowed(rt, viewer: Viewer) -> str | None:
+    if viewer.role == "overlay":  # the overlay URL was revoked or replaced: its streams end
+        with rt.session_scope() as session:
+            model_id = model_for_overlay_key(session, viewer.overlay_key)
+        return None if str(model_id) == viewer.user_id else "overlay_revoked"
     if viewer.session_id is None:
         return None  # a platform token: the platform ends its own sessions
     with rt.session_scope() as session:
@@ -266,7 +279,7 @@ def _events(rt, viewer: Viewer, after: int | None, heartbeat: float):
                     for event in events:
                         message = event.as_message()
                         if viewer.sees(message):
-                            yield _sse(message)
+                            yield viewer.text_of(message, _sse(message))
                     sent = events[-1].seq
         if viewer.role == "fan":
             yield from _queue_places(rt, hub, stream, None)  # where they stand now
@@ -287,7 +300,7 @@ def _events(rt, viewer: Viewer, after: int | None, heartbeat: float):
                 if sent is None or message["id"] > sent:
                     sent = message["id"]
                     if viewer.sees(message):
-                        out.append(text)
+                        out.append(viewer.text_of(message, text))
                     moved = moved or viewer.moves_queue_place(message)
             if moved:  # one lookup for the whole write: where the fan stands after all of it
                 out.extend(_queue_places(rt, hub, stream, sent))
@@ -309,7 +322,18 @@ def _redeem(ticket: str) -> Viewer:
         raise ApiError(401, "invalid_ticket", "The stream ticket is unknown, used or expired: ask for a new one")
     data = json.loads(raw)
     return Viewer(data["user_id"], data["role"],
-                  uuid.UUID(data["session_id"]) if data.get("session_id") else None)
+                  uuid.UUID(data["session_id"]) if data.get("session_id") else None,
+                  overlay_key=data.get("overlay_key"))
+
+
+def issue_ticket(user_id, role: str, session_id=None, overlay_key: str | None = None) -> dict:
+    """A single-use stream ticket (TICKET_SECONDS) for this viewer, kept in Redis, and the URL to open."""
+    value = secrets.token_urlsafe(24)
+    redis().set(_TICKET_KEY + value, json.dumps({"user_id": str(user_id), "role": role,
+                                                 "session_id": str(session_id) if session_id else None,
+                                                 "overlay_key": overlay_key}), ex=TICKET_SECONDS)
+    return {"ticket": value, "expires_in": TICKET_SECONDS,
+            "stream_url": f"{settings().stream_base_url}?ticket={value}"}
 
 
 def _session_of_token():
@@ -328,12 +352,7 @@ def _session_of_token():
 def ticket():
     """A single-use ticket (60 s) to open the event stream from a browser, whose EventSource cannot send the
     bearer token: `new EventSource(stream_url)`."""
-    value = secrets.token_urlsafe(24)
-    sid = _session_of_token()
-    redis().set(_TICKET_KEY + value, json.dumps({"user_id": str(current_user_id()), "role": current_role(),
-                                                 "session_id": str(sid) if sid else None}), ex=TICKET_SECONDS)
-    return {"ticket": value, "expires_in": TICKET_SECONDS,
-            "stream_url": f"{settings().stream_base_url}?ticket={value}"}, 201
+    return issue_ticket(current_user_id(), current_role(), _session_of_token()), 201
 
 
 @blp.route("/stream", methods=["GET"])
@@ -365,5 +384,8 @@ def stream():
         after = int(after)
     rt = runtime()
     body = _events(rt, viewer, after, settings().stream_heartbeat_seconds)
+    # Any origin may read a stream: the ticket (or bearer token) in the request is the credential, and cookies
+    # never authenticate a cross-origin read (no Allow-Credentials). The pages open it from the web's origin.
     return Response(body, mimetype="text/event-stream",
-                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no",
+                             "Access-Control-Allow-Origin": "*"})
