@@ -206,14 +206,21 @@ def test_refund_all_is_safe_beside_starts_completes_and_cancels(client, factory,
     assert_books_balance()
 
 
-def test_a_note_and_anonymity_travel_with_the_purchase(client, factory):
+def test_a_note_and_anonymity_travel_with_the_purchase(client, factory, stream_server):
     model, fan, admin = factory.user("model"), factory.user("fan", tokens=1000), factory.user("admin")
     mh, fh, ah = factory.headers(model), factory.headers(fan), factory.headers(admin)
     menu = factory.menu(model, items=[PHOTO], queue_mode="ON")
     note = "Wear the <b>red</b> hat &\nwave"
-    r = buy(client, fh, menu, menu.created_items[0], note=note, anonymous=True)
-    assert r.status_code == 200 and r.json["note"] == note and r.json["anonymous"] is True
-    pid = r.json["purchase_id"]
+    model_stream = open_stream(client, factory, model, stream_server)
+    try:
+        r = buy(client, fh, menu, menu.created_items[0], note=note, anonymous=True)
+        assert r.status_code == 200 and r.json["note"] == note and r.json["anonymous"] is True
+        pid = r.json["purchase_id"]
+        model_stream.wait_for(lambda m: any(x["event"] == "purchase.queued" for x in m), what="queued")
+        mine = [x["data"] for x in model_stream.of() if x["data"].get("purchase_id") == pid]
+        assert mine and all(x["fan_id"] is None and x["data"]["anonymous"] is True for x in mine)
+    finally:
+        model_stream.close()
     assert r.json["fan_id"] == str(fan.id)  # the fan sees themselves
     entry = client.get("/queue", headers=mh).json["entries"][0]
     assert entry["anonymous"] is True and entry["fan_id"] is None and entry["fan_display_name"] is None

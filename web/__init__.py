@@ -12,7 +12,7 @@ from models.settings import Settings, settings_or_exit
 from worker import handoff
 
 from . import (admin, auth, docs, earnings, events, lovense, menu_manage, menus, ops, pages, purchases, queue_routes,
-               wallet, webhooks)
+               shows, wallet, webhooks)
 from .cli import register_cli
 from .deps import close_db
 from .errors import register_error_handlers
@@ -62,7 +62,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     init_limiter(app, settings)
     api = PerfmenuApi(app)
     blueprints = (ops.blp, auth.blp, menus.blp, menu_manage.blp, purchases.blp, queue_routes.blp, wallet.blp, admin.blp,
-                  lovense.blp, earnings.blp, events.blp, webhooks.blp)
+                  lovense.blp, earnings.blp, events.blp, webhooks.blp, shows.blp)
     for blueprint in blueprints:
         api.register_blueprint(blueprint)
     app.register_blueprint(docs.swagger_assets)

@@ -9,7 +9,7 @@ from sqlalchemy.engine import make_url
 from models.ledger import books_differences, top_up
 from models.menus import LimitReached, Menu
 from models.schema import upgrade_head
-from models.services import performance_queue
+from models.services import performance_queue, shows
 from models.services.activations import toy_items_without_lovense
 from models.shows import issue_overlay_key
 from models.users import PASSWORD_MAX, PASSWORD_MIN, ROLES, User, UsernameTaken, create_user
@@ -190,6 +190,7 @@ def register_cli(app: Flask) -> None:
             entry = top_up(session, fan.id, tokens, external_ref=f"demo-top-up:{fan.id}:{tokens}")
             load_templates(session, model.id, templates, on_conflict="skip")  # the model's own edits stay
             overlay_key = issue_overlay_key(session, model.id)  # a new overlay URL each run, like the passwords
+            shows.start(session, model.id)  # live, so the Queue OFF items can be bought at once
             session.commit()
             menus = session.scalars(
                 select(Menu).where(Menu.model_id == model.id).order_by(Menu.display_order)

@@ -103,9 +103,12 @@ class Viewer:
 
     def text_of(self, message: dict, text: str) -> str:
         """What this viewer is sent of a message it sees: an overlay (public, on stream) only learns that something
-        of its type happened, never who bought what; it reads what it shows from GET /overlay/state."""
+        of its type happened, never who bought what; it reads what it shows from GET /overlay/state. A model is
+        not told who bought anonymously (the fan, admins and webhooks are)."""
         if self.role == "overlay":
             return _sse({"id": message["id"], "type": message["type"]})
+        if self.role == "model" and message["data"].get("anonymous"):
+            return _sse({**message, "fan_id": None})
         return text
 
 
