@@ -51,11 +51,15 @@ def live_models(session, model_ids) -> set:
     return set(session.scalars(select(Show.model_id).where(Show.model_id.in_(set(model_ids)), Show.status == "live")))
 
 
-def last_refund_all_ends(session, model_ids) -> dict:
-    """{model id: when their last show ended with refund_all}, for those of these models that have one."""
-    return dict(session.execute(
-        select(Show.model_id, func.max(Show.ended_at))
-        .where(Show.model_id.in_(set(model_ids)), Show.end_mode == "refund_all").group_by(Show.model_id)).all())
+def is_live(model_id_column):
+    """A column: whether the model in `model_id_column` has a live show (for a query's select list)."""
+    return select(Show.id).where(Show.model_id == model_id_column, Show.status == "live").exists()
+
+
+def last_refund_all_end(model_id_column):
+    """A column: when the model's last show ended with refund_all (None if never)."""
+    return (select(func.max(Show.ended_at))
+            .where(Show.model_id == model_id_column, Show.end_mode == "refund_all").scalar_subquery())
 
 
 def live_required(queued: bool, live_only_menu: bool, queue_off_needs_show: bool) -> bool:

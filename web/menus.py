@@ -110,7 +110,7 @@ def get_model_menus(model_id):
         .options(selectinload(Menu.items))
     ).all()
     now = utcnow()
-    live = bool(live_models(session, [model_id]))
+    live = any(m.live_only for m in menus) and bool(live_models(session, [model_id]))
     return [
         menu_view(session, m, owner_view)
         for m in menus

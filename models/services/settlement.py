@@ -17,7 +17,7 @@ from ..ledger import lock_accounts, post
 from ..menus import Menu, MenuItem
 from ..outbox import purchase_event, queue_changed
 from ..revenue import fee_rates, pay_model
-from ..shows import last_refund_all_ends, live_models, live_required
+from ..shows import is_live, last_refund_all_end, live_required
 from ..purchases import (
     OPEN_QUEUE_STATUSES,
     SETTLED_COUNTS_TOWARD_DAILY_LIMIT,
@@ -62,13 +62,14 @@ def settle_pending(session, settings, purchase_ids=None, limit: int = 100, older
     accounts = lock_accounts(session, users)
     # Intake saw these accounts active; an admin may have deactivated one since (models/auth_sessions.py). A
     # model may have paused their queue or ended their show since, too.
-    flags = session.execute(select(User.id, User.is_active, User.queue_paused).where(User.id.in_(users))).all()
-    inactive = {user_id for user_id, active, _paused in flags if not active}
-    paused = {user_id for user_id, _active, queue_paused in flags if queue_paused}
-    models = {p.model_id for p in purchases}
-    live = live_models(session, models)
-    refund_all_ended = last_refund_all_ends(session, models)
-    rates = fee_rates(session, models, settings.platform_fee_bps)
+    # One round trip for all of it: settlement runs per small batch at low rates.
+    flags = session.execute(select(User.id, User.is_active, User.queue_paused, is_live(User.id),
+                                   last_refund_all_end(User.id)).where(User.id.in_(users))).all()
+    inactive = {row[0] for row in flags if not row[1]}
+    paused = {row[0] for row in flags if row[2]}
+    live = {row[0] for row in flags if row[3]}
+    refund_all_ended = {row[0]: row[4] for row in flags if row[4] is not None}
+    rates = fee_rates(session, {p.model_id for p in purchases}, settings.platform_fee_bps)
     now = utcnow()
     # Open queue entries per model, counted once per batch: the model's accounts are locked, so only this
     # batch adds entries until the commit, and it counts its own.
