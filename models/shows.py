@@ -46,14 +46,13 @@ def open_show(session, model_id, lock: bool = False) -> Show | None:
     return session.scalar(query.with_for_update(key_share=True) if lock else query)
 
 
-def live_models(session, model_ids) -> set:
-    """Which of these models are live now."""
-    return set(session.scalars(select(Show.model_id).where(Show.model_id.in_(set(model_ids)), Show.status == "live")))
-
-
 def is_live(model_id_column):
     """A column: whether the model in `model_id_column` has a live show (for a query's select list)."""
     return select(Show.id).where(Show.model_id == model_id_column, Show.status == "live").exists()
+
+
+def live_now(session, model_id) -> bool:
+    return bool(session.scalar(select(is_live(model_id))))
 
 
 def last_refund_all_end(model_id_column):

@@ -8,7 +8,7 @@ from sqlalchemy.orm import selectinload
 
 from models.lovense import LovenseLink, activation_enabled, toy_unavailable
 from models.menus import Menu, MenuWhitelist
-from models.shows import live_models
+from models.shows import live_now
 from models.types import utcnow
 from models.users import find_user_id
 
@@ -58,7 +58,7 @@ def load_visible_menu(session, menu_id: uuid.UUID | None, buying: bool = False) 
     menu = session.get(Menu, menu_id) if menu_id is not None else None
     user_id, role = current_user_id(), current_role()
     owner_view = role == "admin" or (menu is not None and menu.model_id == user_id)
-    live = buying or (menu is not None and menu.live_only and bool(live_models(session, [menu.model_id])))
+    live = buying or (menu is not None and menu.live_only and live_now(session, menu.model_id))
     if menu is None or not shown(menu, owner_view, live):
         raise ApiError(404, "not_found", "No such menu")
     if not menu.visible_to(session, user_id, role, utcnow()):
@@ -110,7 +110,7 @@ def get_model_menus(model_id):
         .options(selectinload(Menu.items))
     ).all()
     now = utcnow()
-    live = any(m.live_only for m in menus) and bool(live_models(session, [model_id]))
+    live = any(m.live_only for m in menus) and live_now(session, model_id)
     return [
         menu_view(session, m, owner_view)
         for m in menus

@@ -55,6 +55,7 @@ from .errors import ApiError
 from .events import issue_ticket
 from .json_body import Blueprint
 from .limits import limiter, login_limit
+from .menus import shown
 from .platform_auth import is_platform_token, platform_user
 
 pages = FlaskBlueprint("pages", __name__)
@@ -227,8 +228,8 @@ def overlay(key):
     return render_template("overlay.html", key=key, events=json.dumps(STREAM_EVENTS))
 
 
-def _overlay_model() -> uuid.UUID:
-    model_id = model_for_overlay_key(db(), request.headers.get("X-Overlay-Key", ""))
+def _overlay_model(key) -> uuid.UUID:
+    model_id = model_for_overlay_key(db(), key) if isinstance(key, str) else None
     if model_id is None:
         raise ApiError(404, "not_found", "No such overlay: the URL was replaced or revoked")
     return model_id
@@ -237,7 +238,7 @@ def _overlay_model() -> uuid.UUID:
 @pages.route("/overlay/state", methods=["GET"])
 def overlay_state():
     """What the overlay shows (public by key, sent as X-Overlay-Key): never fan ids, notes or anonymous names."""
-    return overlay_view(db(), _overlay_model())
+    return overlay_view(db(), _overlay_model(request.headers.get("X-Overlay-Key", "")))
 
 
 @pages.route("/overlay/ticket", methods=["POST"])
@@ -246,10 +247,7 @@ def overlay_ticket():
     event happened (web/events.py, role "overlay")."""
     body = request.get_json(silent=True)
     key = body.get("key") if isinstance(body, dict) else None
-    model_id = model_for_overlay_key(db(), key) if isinstance(key, str) else None
-    if model_id is None:
-        raise ApiError(404, "not_found", "No such overlay: the URL was replaced or revoked")
-    return issue_ticket(model_id, "overlay", overlay_key=key), 201
+    return issue_ticket(_overlay_model(key), "overlay", overlay_key=key), 201
 
 
 def overlay_view(session, model_id) -> dict:
@@ -270,9 +268,8 @@ def overlay_view(session, model_id) -> dict:
     return {
         "live": live,
         "menus": [{"name": m.name, "queue_mode": m.queue_mode,
-                   "items": [{"name": i.name, "token_value": i.token_value}
-                             for i in sorted(m.items, key=lambda i: i.display_order) if i.is_active]}
-                  for m in menus if live or not m.live_only],
+                   "items": [{"name": i.name, "token_value": i.token_value} for i in m.items if i.is_active]}
+                  for m in menus if shown(m, owner_view=False, live=live)],
         "now_performing": entry(performing) if performing else None,
         "next": [entry(p) for p in entries if p.status == "queued"][:NEXT_ENTRIES],
         "toy": {"item_name": playing["item_name"], "ends_at": playing["ends_at"].isoformat()} if playing else None,

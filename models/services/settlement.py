@@ -8,8 +8,6 @@ a retry or a crash half-way changes the books at most once.
 """
 from __future__ import annotations
 
-from datetime import datetime, timezone
-
 from sqlalchemy import func, select
 
 from ..audit import audit
@@ -28,9 +26,6 @@ from ..purchases import (
 )
 from ..types import utcnow
 from ..users import User
-
-
-_NEVER = datetime.min.replace(tzinfo=timezone.utc)
 
 
 def claim_pending(session, purchase_ids=None, limit: int = 100, older_than=None):
@@ -77,7 +72,7 @@ def settle_pending(session, settings, purchase_ids=None, limit: int = 100, older
     for purchase, item, menu in claimed:
         reason = _refusal(session, settings, purchase, item, menu, accounts, queue_sizes, inactive, now,
                           live=purchase.model_id in live, queue_paused=purchase.model_id in paused,
-                          show_ended=purchase.created_at <= refund_all_ended.get(purchase.model_id, _NEVER))
+                          refund_all_end=refund_all_ended.get(purchase.model_id))
         if reason is not None:
             purchase.transition("failed", now, reason=reason)
         elif purchase.transaction_type == "immediate":
@@ -98,7 +93,7 @@ def settle_pending(session, settings, purchase_ids=None, limit: int = 100, older
 
 
 def _refusal(session, settings, purchase, item, menu, accounts, queue_sizes, inactive, now, live: bool,
-             queue_paused: bool, show_ended: bool) -> str | None:
+             queue_paused: bool, refund_all_end) -> str | None:
     """The purchase rules under lock. The purchase itself is still pending, so the daily count takes settled
     purchases only; a model's queue size is counted once per batch (`queue_sizes`). The menu's visibility is
     asked again: a subscription may have lapsed or a whitelist entry gone since intake."""
@@ -112,7 +107,9 @@ def _refusal(session, settings, purchase, item, menu, accounts, queue_sizes, ina
         buyer_active=purchase.fan_id not in inactive,
         available=(item.is_active and menu.is_active and purchase.model_id not in inactive
                    and menu.visible_to(session, purchase.fan_id, "fan", now)),
-        show_ended=show_ended and purchase.transaction_type == "queued",
+        # A Queue ON purchase made before its model's last refund_all end: that end refunded the queue.
+        show_ended=(purchase.transaction_type == "queued" and refund_all_end is not None
+                    and purchase.created_at <= refund_all_end),
         live_required=live_required(purchase.transaction_type == "queued", menu.live_only,
                                     settings.queue_off_needs_show),
         live=live,
