@@ -21,12 +21,16 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
 
 
-def make_engine(url: str):
+def make_engine(url: str, autocommit: bool = False):
+    """`autocommit`: every statement is its own transaction (no BEGIN, no COMMIT round trip): for a request that
+    only reads, then writes one row (intake, web/purchases.py)."""
+    options = {"isolation_level": "AUTOCOMMIT"} if autocommit else {}
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, hide_parameters=True)
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, hide_parameters=True,
+                               **options)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record):
@@ -37,10 +41,10 @@ def make_engine(url: str):
 
         return engine
     # hide_parameters: an error's log line shows the SQL, never the values (a password hash, a fan's note).
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, hide_parameters=True)
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, hide_parameters=True, **options)
 
 
-@lru_cache(maxsize=4)
-def engine_for(url: str):
-    """One engine (one connection pool) per database URL and process, however many apps use it."""
-    return make_engine(url)
+@lru_cache(maxsize=8)
+def engine_for(url: str, autocommit: bool = False):
+    """One engine (one connection pool) per database URL, kind and process, however many apps use it."""
+    return make_engine(url, autocommit)

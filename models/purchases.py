@@ -135,17 +135,18 @@ def purchase_day_of(moment: datetime, tz) -> date:
     return moment.astimezone(tz).date()
 
 
-def daily_count(session, fan_id, item_id, day: date, statuses=COUNTS_TOWARD_DAILY_LIMIT) -> int:
-    return session.scalar(
-        select(func.count())
-        .select_from(Purchase)
-        .where(
-            Purchase.fan_id == fan_id,
-            Purchase.item_id == item_id,
-            Purchase.purchase_day == day,
-            Purchase.status.in_(statuses),
-        )
+def daily_count_query(fan_id, item_id, day, statuses=COUNTS_TOWARD_DAILY_LIMIT):
+    """How many of an item a fan bought on a day, counting toward the daily limit."""
+    return select(func.count()).select_from(Purchase).where(
+        Purchase.fan_id == fan_id,
+        Purchase.item_id == item_id,
+        Purchase.purchase_day == day,
+        Purchase.status.in_(statuses),
     )
+
+
+def daily_count(session, fan_id, item_id, day: date, statuses=COUNTS_TOWARD_DAILY_LIMIT) -> int:
+    return session.scalar(daily_count_query(fan_id, item_id, day, statuses))
 
 
 def refusal(

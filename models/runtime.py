@@ -24,6 +24,10 @@ class Runtime:
         return engine_for(self.settings.database_url)
 
     @cached_property
+    def autocommit_engine(self):
+        return engine_for(self.settings.database_url, autocommit=True)
+
+    @cached_property
     def _sessions(self):
         return sessionmaker(bind=self.engine, expire_on_commit=False)
 

@@ -16,7 +16,6 @@ from . import (admin, auth, docs, earnings, events, lovense, menu_manage, menus,
 from .cli import register_cli
 from .deps import close_db
 from .errors import register_error_handlers
-from .limits import init_limiter
 from .request_body import RequestBody
 from .schemas import ErrorOut
 from .security import init_security_headers
@@ -59,7 +58,6 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.wsgi_app = RequestBody(app.wsgi_app, app)
     ops.init_request_hooks(app)  # first, so the request id is known to everything after it
     auth.init_jwt(app, settings)
-    init_limiter(app, settings)
     api = PerfmenuApi(app)
     blueprints = (ops.blp, auth.blp, menus.blp, menu_manage.blp, purchases.blp, queue_routes.blp, wallet.blp, admin.blp,
                   lovense.blp, earnings.blp, events.blp, webhooks.blp, shows.blp)

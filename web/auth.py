@@ -39,7 +39,7 @@ from .deps import db, runtime
 from .docs import error, public, rate_limited
 from .errors import ApiError, error_response
 from .json_body import Blueprint
-from .limits import limiter, login_limit
+from .limits import login_limited
 from .platform_auth import PlatformTokens, is_platform_token, platform_user
 
 blp = Blueprint("auth", __name__, url_prefix="/auth", description="Log in and refresh tokens")
@@ -115,7 +115,7 @@ TOKEN_EXAMPLE = {"access_token": "eyJhbGciOiJIUzI1NiIs...", "refresh_token": "ey
 
 @blp.route("/login", methods=["POST"])
 @public
-@limiter.limit(login_limit)
+@login_limited
 @blp.arguments(LoginRequest, example={"username": "fan1", "password": "pw"})
 @blp.response(200, TokenPair, example=TOKEN_EXAMPLE)
 @error(401, "invalid_credentials", "Wrong username or password")

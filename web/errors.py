@@ -8,8 +8,6 @@ from flask import jsonify
 from sqlalchemy.exc import DataError, OperationalError
 from werkzeug.exceptions import HTTPException
 
-from .limits import retry_after_seconds
-
 log = logging.getLogger(__name__)
 
 _CODE_FOR_STATUS = {
@@ -32,11 +30,12 @@ class DependencyUnavailable(Exception):
 
 
 class ApiError(Exception):
-    def __init__(self, http_status: int, code: str, message: str, /, **extra):
+    def __init__(self, http_status: int, code: str, message: str, /, headers: dict | None = None, **extra):
         super().__init__(message)
         self.http_status = http_status
         self.code = code
         self.message = message
+        self.headers = headers or {}
         self.extra = extra
 
 
@@ -47,7 +46,9 @@ def error_response(status: int, code: str, message: str, /, **extra):
 
 
 def _api_error(exc: ApiError):
-    return error_response(exc.http_status, exc.code, exc.message, **exc.extra)
+    response, status = error_response(exc.http_status, exc.code, exc.message, **exc.extra)
+    response.headers.update(exc.headers)
+    return response, status
 
 
 def _http_error(exc: HTTPException):
@@ -71,8 +72,6 @@ def _http_error(exc: HTTPException):
     for name, value in exc.get_headers():  # e.g. `Allow` on a 405 (RFC 9110)
         if name.lower() != "content-type":
             response.headers[name] = value
-    if status == 429:
-        response.headers["Retry-After"] = str(retry_after_seconds())
     return response, status
 
 

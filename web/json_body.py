@@ -51,3 +51,7 @@ class Blueprint(flask_smorest.Blueprint):
     """flask-smorest's blueprint, parsing JSON bodies with the guard above: every area of the API uses it."""
 
     ARGUMENTS_PARSER = GuardedParser()
+
+    def arguments(self, schema, **kwargs):
+        # An instance, built once: given a class, webargs builds one per request (~0.1 ms, measured in bench/).
+        return super().arguments(schema() if isinstance(schema, type) else schema, **kwargs)

@@ -54,7 +54,7 @@ from .deps import db
 from .errors import ApiError
 from .events import issue_ticket
 from .json_body import Blueprint
-from .limits import limiter, login_limit
+from .limits import login_limited
 from .menus import shown
 from .platform_auth import is_platform_token, platform_user
 
@@ -129,7 +129,7 @@ def _user_from_form(session) -> User | None:
 
 
 @pages.route("/console/login", methods=["POST"])
-@limiter.limit(login_limit)
+@login_limited
 def login():
     if not _form_token_ok():
         return _login_page("The form expired: please sign in again.", 400)

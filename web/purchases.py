@@ -3,8 +3,13 @@
 No money moves here: the worker settles. The POST waits a short, configurable time for the verdict."""
 from __future__ import annotations
 
-from flask import g, request, url_for
-from sqlalchemy import bindparam, func, literal, select
+import json
+import uuid
+from types import SimpleNamespace
+
+from flask import Response, g, request, url_for
+from sqlalchemy import bindparam, func, insert, literal, select
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import aliased
 
@@ -12,7 +17,7 @@ from models.auth_sessions import token_check_columns
 from models.infra import metrics
 from models.ledger import Account
 from models.menus import Menu, MenuItem
-from models.purchases import Purchase, daily_count, delivery_hours_for, purchase_day_of, refusal
+from models.purchases import Purchase, daily_count_query, delivery_hours_for, purchase_day_of, refusal
 from models.lovense import activation_enabled
 from models.services import performance_queue
 from models.services.activations import slot_of
@@ -28,9 +33,9 @@ from .deps import db, redis, runtime, settings
 from .docs import error, rate_limited
 from .errors import ApiError
 from .json_body import Blueprint
-from .limits import fan_key, limiter, purchase_limit
+from .limits import purchase_limited
 from .menus import load_visible_menu
-from .schemas import HistoryOut, HistoryQuery, PurchaseOut, PurchaseRequest
+from .schemas import HistoryOut, HistoryQuery, PurchaseOut, PurchaseRequest, dump_purchase
 
 blp = Blueprint("purchases", __name__, url_prefix="/menu/purchase", description="Buying menu items")
 
@@ -121,34 +126,52 @@ def _settled_response(session, purchase: Purchase):
     """Wait briefly for the worker's verdict, then answer with the purchase as it stands."""
     if purchase.status == "pending" and wait_for_verdict(redis(), purchase.id, settings().purchase_wait_seconds):
         session.refresh(purchase)
-    body = purchase_view(purchase)
-    if purchase.status == "pending":
-        return body, 202, {"Location": body["status_url"]}
+    return _answer(purchase)
+
+
+# Purchase columns that intake leaves empty (a new purchase's answer has them as null).
+_SET_AFTER_INTAKE = ("failure_reason", "refund_reason", "settled_at", "started_at", "completed_at", "failed_at",
+                     "refunded_at", "escrow_deadline", "fee_bps", "platform_fee")
+
+
+def _answer(purchase):
+    """The answer to a purchase (a Purchase, or its columns as attributes): 202 while pending, the refusal's
+    error if it failed, else 200. Serialized by hand (web/schemas.py, dump_purchase): this is the hot path."""
+    body = dump_purchase(purchase_view(purchase))
     if purchase.status == "failed":
-        refuse(purchase.failure_reason, **PurchaseOut().dump(body))
-    return body, 200
+        refuse(purchase.failure_reason, **body)
+    pending = purchase.status == "pending"
+    return Response(json.dumps(body), 202 if pending else 200,
+                    {"Location": body["status_url"]} if pending else None, mimetype="application/json")
 
 
-# Built once (the operator overloading of building it costs more than running it): the id of the fan's
-# purchase already made with this idempotency key (None if none or no key), the menu (None if missing), the
-# item (None unless on that menu), the fan's wallet balance, the open entries of the menu's model's queue and
-# whether the fan's token may be used (web/auth.py, session_checked_by_view), the model's open show and
-# whether their queue is paused, in one round trip; the one-row FROM keeps the id and the balance when the menu is missing.
+# Intake's one read (docs/architecture.md, "Intake"), built once (building it costs more than running it) and
+# run on the autocommit engine as plain columns, no ORM objects: the id of the fan's purchase already made with
+# this idempotency key (None if none or no key), the menu and the item (None if missing or not on that menu), the
+# fan's wallet balance, how many of the item the fan bought today, the open entries of the model's queue,
+# whether the fan's token may be used (web/auth.py, session_checked_by_view), the model's open show and whether
+# their queue is paused. The one-row FROM keeps the id and the balance when the menu is missing.
 _model = aliased(User)
 _INTAKE_QUERY = (
     select(
         select(Purchase.id)
         .where(Purchase.fan_id == bindparam("fan_id"), Purchase.idempotency_key == bindparam("key"))
-        .scalar_subquery(),
-        Menu,
-        MenuItem,
+        .scalar_subquery().label("existing_id"),
+        Menu.id.label("menu_id"), Menu.model_id, Menu.is_active.label("menu_active"), Menu.visibility,
+        Menu.queue_mode, Menu.queue_order, Menu.live_only, Menu.delivery_hours_default,
+        MenuItem.id.label("item_id"), MenuItem.name, MenuItem.token_value, MenuItem.bonus_loyalty_points,
+        MenuItem.estimated_duration_minutes, MenuItem.delivery_hours, MenuItem.lovense_activation,
+        MenuItem.max_daily_purchases, MenuItem.is_active.label("item_active"),
         select(Account.balance)
         .where(Account.owner_id == bindparam("fan_id"), Account.kind == "wallet")
-        .scalar_subquery(),
-        open_queue_size_query(Menu.model_id).scalar_subquery(),
-        *token_check_columns(bindparam("fan_id"), bindparam("token_session")),
-        Show.id,
-        Show.status,
+        .scalar_subquery().label("balance"),
+        daily_count_query(bindparam("fan_id"), MenuItem.id, bindparam("day")).scalar_subquery().label("bought_today"),
+        open_queue_size_query(Menu.model_id).scalar_subquery().label("queue_size"),
+        *(column.label(name) for column, name in zip(token_check_columns(bindparam("fan_id"),
+                                                                         bindparam("token_session")),
+                                                     ("fan_active", "session_open"))),
+        Show.id.label("show_id"),
+        Show.status.label("show_status"),
         _model.queue_paused,
     )
     .select_from(select(literal(1).label("one")).subquery())
@@ -157,17 +180,9 @@ _INTAKE_QUERY = (
     .outerjoin(Show, (Show.model_id == Menu.model_id) & Show.status.in_(OPEN_SHOW))
     .outerjoin(_model, _model.id == Menu.model_id)
 )
-
-
-def load_for_intake(session, menu_id, item_id, fan_id, key, token_session):
-    """(existing purchase id, menu, item, wallet balance, open queue entries, fan active, token's session open,
-    open show id, its status, model's queue paused):
-    see _INTAKE_QUERY. The menu and the item stay in the session's identity map, so session.get answers them
-    without a query."""
-    return session.execute(
-        _INTAKE_QUERY,
-        {"fan_id": fan_id, "key": key, "menu_id": menu_id, "item_id": item_id, "token_session": token_session},
-    ).one()
+_INSERT = insert(Purchase.__table__)
+# A purchase row as plain columns named like Purchase's attributes (`client_metadata`, not the column's name).
+_PURCHASE_COLUMNS = [column.label(attr.key) for attr in sa_inspect(Purchase).column_attrs for column in attr.columns]
 
 
 def _replay(session, purchase: Purchase, menu_id, item_id):
@@ -178,7 +193,7 @@ def _replay(session, purchase: Purchase, menu_id, item_id):
 
 @blp.route("", methods=["POST"])
 @role_required("fan", session_checked_by_view=True)
-@limiter.limit(purchase_limit, key_func=fan_key)
+@purchase_limited
 @blp.arguments(PurchaseRequest, example={"menu_id": "5d2f8a47-1c3b-4e6a-8f90-7b1c2d3e4f5a",
                                          "menu_item_id": "9a8b7c6d-5e4f-4a3b-2c1d-0e9f8a7b6c5d",
                                          "idempotency_key": "tip-2024-06-01-001",
@@ -200,77 +215,84 @@ def create_purchase(body):
     config = settings()
     fan_id = current_user_id()
     key = request.headers.get("Idempotency-Key") or body.get("idempotency_key")
-    session = db()
-    # Intake only reads (prechecks the worker repeats under lock) and inserts one row: in autocommit that
-    # costs no BEGIN and no COMMIT round trip, and the UNIQUE (fan, key) still settles an idempotency race.
-    session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
-
-    menu_id = parse_uuid(body["menu_id"])
-    item_id = parse_uuid(body.get("menu_item_id") or body.get("item_id"))
-    (existing_id, _menu, item, balance, queue_size, fan_active, session_open, show_id, show_status,
-     queue_paused) = load_for_intake(session, menu_id, item_id, fan_id, key, g.token_session)
-    refuse_unusable_token(fan_active, session_open)
     if key is not None and not 1 <= len(key) <= 128:
         raise ApiError(422, "invalid_request", "The idempotency key must be 1 to 128 characters")
-    if existing_id is not None:
-        return _replay(session, session.get(Purchase, existing_id), menu_id, item_id)
-    menu = load_visible_menu(session, menu_id, buying=True)
-    if item is None:
-        raise ApiError(404, "not_found", "No such item on this menu")
-
+    menu_id = parse_uuid(body["menu_id"])
+    item_id = parse_uuid(body.get("menu_item_id") or body.get("item_id"))
     now = utcnow()
     day = purchase_day_of(now, config.tz)
-    queued = menu.queue_mode == "ON"
-    reason = refusal(
-        buyer_active=True,  # authenticate() refused an inactive account's token
-        available=item.is_active and menu.is_active,
-        live_required=live_required(queued, menu.live_only, config.queue_off_needs_show),
-        live=show_status == "live",
-        queue_paused=bool(queue_paused),
-        price=item.token_value,
-        balance=balance,
-        daily_max=item.max_daily_purchases,
-        bought_today=lambda: daily_count(session, fan_id, item.id, day),
-        queued=queued,
-        queue_size=lambda: queue_size,
-        queue_capacity=config.queue_capacity,
-    )
-    if reason is not None:
-        refuse_at_intake(reason)
+    # Intake only reads (prechecks the worker repeats under lock) and inserts one row, in autocommit: no BEGIN,
+    # no COMMIT round trip, and the UNIQUE (fan, key) still settles an idempotency race.
+    with runtime().autocommit_engine.connect() as conn:
+        c = conn.execute(_INTAKE_QUERY, {"fan_id": fan_id, "key": key, "menu_id": menu_id, "item_id": item_id,
+                                         "token_session": g.token_session, "day": day}).one()
+        refuse_unusable_token(c.fan_active, c.session_open)
+        if c.existing_id is not None:
+            session = db()
+            return _replay(session, session.get(Purchase, c.existing_id), menu_id, item_id)
+        if c.menu_id is None or not c.menu_active or c.visibility != "public":
+            load_visible_menu(db(), menu_id, buying=True)  # the menu rules' answer: 404, 403, or go on
+        if c.item_id is None:
+            raise ApiError(404, "not_found", "No such item on this menu")
 
-    purchase = Purchase(
-        fan_id=fan_id,
-        model_id=menu.model_id,
-        menu_id=menu.id,
-        item_id=item.id,
-        item_name=item.name,
-        token_value=item.token_value,
-        loyalty_points=item.bonus_loyalty_points,
-        estimated_duration_minutes=item.estimated_duration_minutes,
-        delivery_hours=delivery_hours_for(item.delivery_hours, menu.delivery_hours_default),
-        lovense_activation=item.lovense_activation,
-        transaction_type="queued" if queued else "immediate",
-        queue_priority=item.token_value if queued and menu.queue_order == "priority" else 0,
-        idempotency_key=key or None,
-        client_metadata=body.get("metadata"),
-        note=body.get("note") or None,
-        anonymous=body["anonymous"],
-        show_id=show_id,
-        purchase_day=day,
-        created_at=now,
-    )
-    session.add(purchase)
-    try:
-        session.commit()
-    except IntegrityError:
-        # Another request with the same key won the race: answer with its purchase.
-        session.rollback()
-        existing = session.scalar(select(Purchase).where(Purchase.fan_id == fan_id, Purchase.idempotency_key == key))
-        if key is None or existing is None:
-            raise
-        return _replay(session, existing, menu_id, item_id)
-    request_settlement(runtime(), purchase.id)
-    return _settled_response(session, purchase)
+        queued = c.queue_mode == "ON"
+        reason = refusal(
+            buyer_active=True,  # authenticate() refused an inactive account's token
+            available=c.item_active and c.menu_active,
+            live_required=live_required(queued, c.live_only, config.queue_off_needs_show),
+            live=c.show_status == "live",
+            queue_paused=bool(c.queue_paused),
+            price=c.token_value,
+            balance=c.balance,
+            daily_max=c.max_daily_purchases,
+            bought_today=lambda: c.bought_today,
+            queued=queued,
+            queue_size=lambda: c.queue_size,
+            queue_capacity=config.queue_capacity,
+        )
+        if reason is not None:
+            refuse_at_intake(reason)
+
+        purchase = dict(
+            id=uuid.uuid4(),
+            fan_id=fan_id,
+            model_id=c.model_id,
+            menu_id=c.menu_id,
+            item_id=c.item_id,
+            item_name=c.name,
+            token_value=c.token_value,
+            loyalty_points=c.bonus_loyalty_points,
+            estimated_duration_minutes=c.estimated_duration_minutes,
+            delivery_hours=delivery_hours_for(c.delivery_hours, c.delivery_hours_default),
+            lovense_activation=c.lovense_activation,
+            transaction_type="queued" if queued else "immediate",
+            queue_priority=c.token_value if queued and c.queue_order == "priority" else 0,
+            status="pending",
+            idempotency_key=key or None,
+            client_metadata=body.get("metadata"),
+            note=body.get("note") or None,
+            anonymous=body["anonymous"],
+            show_id=c.show_id,
+            purchase_day=day,
+            created_at=now,
+            updated_at=now,
+        )
+        columns = {name: value for name, value in purchase.items() if name != "client_metadata"}
+        try:
+            conn.execute(_INSERT, {**columns, "metadata": purchase["client_metadata"]})
+        except IntegrityError:
+            # Another request with the same key won the race: answer with its purchase.
+            session = db()
+            existing = session.scalar(select(Purchase).where(Purchase.fan_id == fan_id,
+                                                             Purchase.idempotency_key == key))
+            if key is None or existing is None:
+                raise
+            return _replay(session, existing, menu_id, item_id)
+        request_settlement(runtime(), purchase["id"])
+        if not wait_for_verdict(redis(), purchase["id"], config.purchase_wait_seconds):
+            return _answer(SimpleNamespace(**purchase, **dict.fromkeys(_SET_AFTER_INTAKE)))
+        settled = conn.execute(select(*_PURCHASE_COLUMNS).where(Purchase.id == purchase["id"])).one()
+        return _answer(SimpleNamespace(**settled._mapping))
 
 
 @blp.route("/history", methods=["GET"])

@@ -169,6 +169,33 @@ class PurchaseOut(Schema):
     status_url = fields.String()
 
 
+def plain_dumper(schema_class):
+    """`schema_class().dump` for a dict of plain values, compiled once from the schema's own fields: the purchase
+    answer is on intake's hot path, where marshmallow's generic dump was a tenth of the request's CPU. A field
+    type it does not know fails here, at import, so the schema stays the one definition of the answer
+    (tests/unit/test_plain_dump.py holds the two dumps equal)."""
+    plan = []
+    for name, field in schema_class().dump_fields.items():
+        if isinstance(field, fields.Nested):
+            convert = plain_dumper(type(field.schema))
+        else:
+            convert = next((c for kind, c in _PLAIN if isinstance(field, kind)), None)
+            if convert is None:
+                raise TypeError(f"plain_dumper: no conversion for {type(field).__name__} ({name})")
+        plan.append((field.data_key or name, field.attribute or name, convert))
+
+    def dump(values: dict) -> dict:
+        return {key: None if (v := values[attr]) is None else convert(v)
+                for key, attr, convert in plan if attr in values}
+
+    return dump
+
+
+# Field type -> conversion of a non-null value, as marshmallow serializes it (the order matters: subclasses first).
+_PLAIN = ((fields.UUID, str), (fields.DateTime, lambda v: v.isoformat()), (fields.Boolean, bool),
+          (fields.Integer, int), (fields.String, str), (fields.Dict, lambda v: v))
+
+
 class HistoryQuery(Schema):
     limit = fields.Integer(load_default=50, validate=validate.Range(min=1))
     offset = fields.Integer(load_default=0, validate=validate.Range(min=0, max=10_000_000))
@@ -208,3 +235,6 @@ class ErrorOut(Schema):
 
     error = fields.Nested(ErrorBody, required=True)
     field_errors = fields.Dict(data_key="fields", metadata={"description": "Invalid fields and their messages"})
+
+
+dump_purchase = plain_dumper(PurchaseOut)
