@@ -20,6 +20,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 import uuid
 from select import select as wait_readable  # `select` is SQLAlchemy's here
 
@@ -103,23 +105,45 @@ def start_process(name: str, command: str, **env) -> ProcessGroup:
 
 
 def start_web(app_module: str | None = None, **env) -> ProcessGroup:
+    """The Procfile's web line, serving the product or `app_module` (bench.echo_app:app, bench.floor_app:app...)."""
     cmd = bin_path(procfile_line("web"))
     if app_module:
         cmd = cmd.replace("web.wsgi:app", app_module)
-    proc = start_process("web" if not app_module else "echo", cmd, **env)
+    proc = start_process("web" if not app_module else app_module.split(":")[0].rsplit(".", 1)[-1], cmd, **env)
     try:
-        return _wait_ready(proc, "/healthz" if not app_module else "/")
+        return _wait_ready(proc, "/healthz" if not app_module else None)
     except BaseException:
         proc.stop()
         raise
 
 
-def _wait_ready(proc: ProcessGroup, path: str) -> ProcessGroup:
+def _wait_ready(proc: ProcessGroup, path: str | None) -> ProcessGroup:
+    """Until `path` answers 200, or (None) until "/" answers at all: the one-route bench apps have nothing there
+    to GET, and any answer means a worker has loaded the app."""
     try:
-        wait_http(f"http://127.0.0.1:{PORT}{path}", 30, proc)
+        if path:
+            wait_http(f"http://127.0.0.1:{PORT}{path}", 30, proc)
+        else:
+            wait_answer(f"http://127.0.0.1:{PORT}/", 30, proc)
     except RuntimeError as exc:
         raise SystemExit(f"gunicorn: {exc}; see {LOGS}") from None
     return proc
+
+
+def wait_answer(url: str, timeout: float, proc: ProcessGroup) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(url, timeout=2).close()
+            return
+        except urllib.error.HTTPError:
+            return  # a 404 or 405 is an answer too
+        except OSError:
+            pass
+        if not proc.alive():
+            raise RuntimeError(f"{proc.name} exited before {url} answered")
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} did not answer within {timeout} s")
 
 
 def start_stream() -> ProcessGroup:
@@ -472,6 +496,34 @@ def cpu_seconds(pid: int) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+def postgres_cpu() -> dict[int, float]:
+    """CPU seconds so far of each PostgreSQL server process (titled `postgres: ...`: backends, walwriter,
+    checkpointer...), by pid: the children of the postmaster that runs this driver's own backend. Backends of other
+    databases are left out: other runs share the server."""
+    with RUNTIME.engine.connect() as conn:
+        backend = conn.scalar(text("SELECT pg_backend_pid()"))
+        others = set(conn.scalars(text("SELECT pid FROM pg_stat_activity "
+                                       "WHERE datname IS NOT NULL AND datname <> current_database()")))
+    with open(f"/proc/{backend}/stat") as f:
+        postmaster = int(f.read().rsplit(")", 1)[1].split()[1])
+    found = {}
+    for pid in children_of(postmaster):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                title = f.read()
+        except OSError:
+            continue
+        if title.startswith(b"postgres:") and pid not in others:
+            found[pid] = cpu_seconds(pid)
+    return found
+
+
+def cpu_used(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU between two postgres_cpu() readings: a process new since `before` counts from 0 (one that ended in
+    between is lost; the pools' backends live through a phase)."""
+    return sum(seconds - before.get(pid, 0.0) for pid, seconds in after.items())
+
+
 def drain(timeout: float = 60) -> int:
     """Wait until nothing is pending and the relay has numbered every event; returns the last event number."""
     deadline = time.monotonic() + timeout
@@ -669,6 +721,28 @@ def main():
         finally:
             echo.stop()
 
+    # Beside the echo: the floor (intake's essential work and nothing else) and the peer (the in-request
+    # design), the same line and load as intake; the Queue OFF item. No worker runs yet. The floor's pending rows
+    # are deleted after its phase (the product's worker would settle them later, into the settle backlog), and
+    # the events the purchases' trigger wrote for both (the relay would publish them during the product's phases).
+    with RUNTIME.engine.connect() as conn:
+        last_event = conn.scalar(text("SELECT coalesce(max(id), 0) FROM outbox_events"))
+    for key, module in (("floor_rps", "bench.floor_app:app"), ("peer_rps", "bench.peer_app:app")):
+        spec = {"url": purchase_url, "duration": SECONDS, "connections": CONNECTIONS,
+                "bodies": purchase_bodies("OFF"), "tokens": data["tokens"], "idempotency": True}
+        app_proc = start_web(module)
+        try:
+            loadgen({**spec, "duration": 1})
+            r = loadgen(spec)
+            results[key] = r["ok_per_s"]
+            log(f"{module}: {r}")
+        finally:
+            app_proc.stop()
+    with RUNTIME.engine.begin() as conn:
+        floor_rows = conn.execute(text("DELETE FROM purchases WHERE status = 'pending'")).rowcount
+        events = conn.execute(text("DELETE FROM outbox_events WHERE id > :id"), {"id": last_event}).rowcount
+    log(f"deleted the floor's {floor_rows} pending purchases and {events} events of the floor and the peer")
+
     # Ceiling 2: the settlement-shaped transaction, one client per settling worker process.
     results["sql_ceiling_tps"] = sql_ceiling(WORKER_CONCURRENCY)
     log(f"sql ceiling: {results['sql_ceiling_tps']} TPS with {WORKER_CONCURRENCY} clients")
@@ -725,13 +799,21 @@ def main():
         loadgen({"url": purchase_url, "duration": 2, "rate": RATE, "bodies": purchase_bodies("OFF"),
                  "tokens": data["tokens"], "idempotency": True})
         spies = profile("e2e-web", web, SECONDS) + profile("e2e-worker", worker, SECONDS)
+        cpu = cpu_seconds(web.pid), cpu_seconds(worker.pid), postgres_cpu()
         r = loadgen({"url": purchase_url, "duration": SECONDS * 1.5, "rate": RATE, "bodies": purchase_bodies("OFF"),
                      "tokens": data["tokens"], "idempotency": True, "ok_status": [200, 202], "settled_only": True})
+        # CPU per purchase answered, end to end: gunicorn (master and workers), Celery (main and pool),
+        # PostgreSQL (this database's backends and the server's own processes).
+        used = {"web": cpu_seconds(web.pid) - cpu[0], "worker": cpu_seconds(worker.pid) - cpu[1],
+                "postgres": cpu_used(cpu[2], postgres_cpu())}
+        used["total"] = sum(used.values())
         for spy in spies:
             spy.wait()
-        log(f"e2e at {RATE}/s: {r}")
+        log(f"e2e at {RATE}/s: {r}; CPU (s): { {k: round(v, 2) for k, v in used.items()} }")
         results.update(e2e_p50_ms=r["p50_ms"], e2e_p95_ms=r["p95_ms"], e2e_p99_ms=r["p99_ms"], e2e_late=r["late"],
                        e2e_requests=r["ok"])
+        results.update({f"e2e_cpu_ms_per_purchase_{k}": round(v * 1000 / r["ok"], 2) if r["ok"] else None
+                        for k, v in used.items()})
         results["web_rss_mb"] = max(results["web_rss_mb"], web.rss_mb())
         results["worker_rss_mb"] = max(results["worker_rss_mb"], worker.rss_mb())
         web.stop()
@@ -777,6 +859,9 @@ def report(res):
         ("intake Queue ON (req/s)", res["intake_on_rps"], "Flask echo", res["echo_rps"], ">= 0.35"),
         ("intake, the lower of the two (req/s)", res["intake_rps"], "bare WSGI echo", res["echo_wsgi_rps"],
          ""),
+        ("intake / floor (req/s)", res["intake_rps"], "floor: the essential work", res["floor_rps"], ">= 0.6"),
+        ("intake / peer (req/s)", res["intake_rps"], "peer: all in the request", res["peer_rps"], ">= 2"),
+        ("intake / echo (req/s)", res["intake_rps"], "Flask echo", res["echo_rps"], ">= 0.35"),
         (f"settlement from backlog of {res['settle_backlog']} (/s)", res["settle_tps"], "SQL txn TPS",
          res["sql_ceiling_tps"], ">= 0.5"),
         ("settlement (/s)", res["settle_tps"], "Celery no-op tasks/s", res["celery_noop_tps"], ""),
@@ -813,6 +898,9 @@ def report(res):
     print(f"e2e answers still pending after the wait: {res['e2e_late']} of {res['e2e_requests']}; "
           f"books differences: {res['books_differences']}; run took {res['elapsed_s']} s; "
           f"load average before/after: {res['load_average']}")
+    print(f"e2e CPU per purchase at {RATE:g}/s (ms): web {res['e2e_cpu_ms_per_purchase_web']}, worker "
+          f"{res['e2e_cpu_ms_per_purchase_worker']}, PostgreSQL {res['e2e_cpu_ms_per_purchase_postgres']}, total "
+          f"{res['e2e_cpu_ms_per_purchase_total']}")
     print(f"intake_rps_no_streams: {res['intake_rps_no_streams']} before, {res['intake_rps_no_streams_after']} "
           f"after; {WITH_STREAMS}: {res[WITH_STREAMS]}; "
           f"drop: {res['intake_drop_with_streams_pct']} % (goal < 10 %)")
