@@ -3,9 +3,11 @@ per request and one per task, never shared."""
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from functools import lru_cache
 
 from sqlalchemy import MetaData, create_engine, event
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase
 
 NAMING = {
@@ -22,8 +24,9 @@ class Base(DeclarativeBase):
 
 
 def make_engine(url: str, autocommit: bool = False):
-    """`autocommit`: every statement is its own transaction (no BEGIN, no COMMIT round trip): for a request that
-    only reads, then writes one row (intake, web/purchases.py)."""
+    """`autocommit`: every statement is its own transaction (no BEGIN, no COMMIT round trip), and no pre-ping (a
+    round trip at every checkout): for a request that reads, then writes one row, through `reading` (intake,
+    web/purchases.py)."""
     options = {"isolation_level": "AUTOCOMMIT"} if autocommit else {}
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
@@ -41,7 +44,27 @@ def make_engine(url: str, autocommit: bool = False):
 
         return engine
     # hide_parameters: an error's log line shows the SQL, never the values (a password hash, a fan's note).
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, hide_parameters=True, **options)
+    return create_engine(url, pool_pre_ping=not autocommit, pool_size=10, max_overflow=20, hide_parameters=True,
+                         **options)
+
+
+@contextmanager
+def reading(engine, statement, params):
+    """(a pooled connection, the one row `statement` returns on it). A connection the database dropped while it
+    sat in the pool (a restart, a killed backend) fails this first read: SQLAlchemy then invalidates the pool and
+    the read, safe to repeat, runs once more on a new connection. So the autocommit engine needs no pre-ping."""
+    for attempt in (1, 2):
+        conn = engine.connect()
+        try:
+            row = conn.execute(statement, params).one()
+        except DBAPIError as exc:
+            conn.close()
+            if attempt == 2 or not exc.connection_invalidated:
+                raise
+            continue
+        with conn:
+            yield conn, row
+        return
 
 
 @lru_cache(maxsize=8)

@@ -14,12 +14,14 @@ from flask_jwt_extended import (
     JWTManager,
     create_access_token,
     create_refresh_token,
+    decode_token,
     get_csrf_token,
     get_jwt,
     get_jwt_identity,
     jwt_required,
     verify_jwt_in_request,
 )
+from flask_jwt_extended.exceptions import WrongTokenError
 from marshmallow import Schema, fields, validate
 from sqlalchemy import select
 
@@ -219,11 +221,14 @@ def clear_session_cookies(response) -> None:
 
 def authenticate(session_checked_by_view: bool = False) -> None:
     """Who calls: from the platform's token (web/platform_auth.py) when the app trusts the platform and the
-    token is not one of ours, else from our own token (flask-jwt-extended). Raises 401 (or 403 role_mismatch).
+    token is not one of ours, else from our own token. Raises 401 (or 403 role_mismatch).
 
-    `session_checked_by_view`: the view selects models.auth_sessions.token_check_columns in its own statement
-    and calls `refuse_unusable_token` (intake does, to stay at one round trip) for the user and `g.token_session`.
-    A platform token is checked here either way (platform_user)."""
+    Our tokens: a plain `Authorization: Bearer <token>` goes through `_access_claims` (the hot path: a token seen
+    before costs a dict lookup); a page's cookie, or a header the library must judge, through
+    flask-jwt-extended's own verify_jwt_in_request. Either way the token's sign-in session is then checked
+    (models/auth_sessions.py) unless `session_checked_by_view`: then the view selects token_check_columns in its
+    own statement and calls `refuse_unusable_token` (intake does, to stay at one round trip). A platform token is
+    checked here either way (platform_user)."""
     platform = platform_tokens()
     token = _bearer()
     g.token_check_deferred, g.token_session = False, None
@@ -233,10 +238,29 @@ def authenticate(session_checked_by_view: bool = False) -> None:
             user = platform_user(session, claims)
             g.identity = (user.id, user.role)
         return
-    verify_jwt_in_request(skip_revocation_check=session_checked_by_view)
-    g.identity = (uuid.UUID(get_jwt_identity()), get_jwt().get("role"))
+    header = request.headers.get("Authorization", "")
+    if header.startswith("Bearer ") and token and not any(c in token for c in " ,"):
+        claims = _access_claims(token)
+    else:
+        verify_jwt_in_request(skip_revocation_check=True)
+        claims = get_jwt()
+    g.identity = (uuid.UUID(claims["sub"]), claims.get("role"))
+    g.token_session = _session_id(claims)
     if session_checked_by_view:
-        g.token_check_deferred, g.token_session = True, _session_id(get_jwt())
+        g.token_check_deferred = True
+        return
+    reason = token_refusal(db(), g.identity[0], g.token_session)
+    if reason is not None:
+        raise ApiError(401, reason, TOKEN_REFUSAL_MESSAGE[reason])
+
+
+def _access_claims(token: str) -> dict:
+    """The claims of one of our access tokens: flask-jwt-extended's decode (signature, expiry, its errors and
+    their answers), remembered by CachingJWTManager, and the type check verify_jwt_in_request makes."""
+    claims = decode_token(token)
+    if claims.get("type") != "access":
+        raise WrongTokenError("Only non-refresh tokens are allowed")
+    return claims
 
 
 def refuse_unusable_token(user_active: bool | None, session_open: bool) -> None:

@@ -26,7 +26,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from flask import Response, request
+from flask import Response, g, request
 from sqlalchemy import select
 
 from models import outbox
@@ -340,13 +340,7 @@ def issue_ticket(user_id, role: str, session_id=None, overlay_key: str | None = 
 
 
 def _session_of_token():
-    from flask_jwt_extended import get_jwt  # only our own tokens carry a session
-
-    try:
-        sid = get_jwt().get("sid")
-    except RuntimeError:
-        return None  # a platform token
-    return uuid.UUID(sid) if sid else None
+    return g.token_session  # authenticate(): None for a platform token
 
 
 @blp.route("/ticket", methods=["POST"])

@@ -6,6 +6,7 @@ import logging
 import re
 import time
 import uuid
+from functools import lru_cache
 
 import redis
 from flask import Response, g, request
@@ -171,6 +172,14 @@ class QueueDepthCollector:
                                 value=toys["lag"])
 
 
+@lru_cache(maxsize=1024)  # routes x methods x statuses: bounded
+def _series(endpoint: str, method: str, status: int):
+    """The request counter's and the latency histogram's series of one kind of answer, looked up once (labels()
+    validates and locks on every call)."""
+    return (metrics.HTTP_REQUESTS.labels(endpoint=endpoint, method=method, status=str(status)),
+            metrics.HTTP_LATENCY.labels(endpoint=endpoint))
+
+
 def init_request_hooks(app) -> None:
     """Request id (accepted from X-Request-ID or generated, echoed back), HTTP metrics and one access log line
     per request (endpoint and status, never the query string or body)."""
@@ -190,8 +199,9 @@ def init_request_hooks(app) -> None:
         response.headers["X-Request-ID"] = request_id
         endpoint = request.url_rule.rule if request.url_rule is not None else "unmatched"
         elapsed = time.perf_counter() - g.request_started
-        metrics.HTTP_REQUESTS.labels(endpoint=endpoint, method=request.method, status=str(response.status_code)).inc()
-        metrics.HTTP_LATENCY.labels(endpoint=endpoint).observe(elapsed)
+        requests, latency = _series(endpoint, request.method, response.status_code)
+        requests.inc()
+        latency.observe(elapsed)
         access_log.info("request", extra={"method": request.method, "endpoint": endpoint,
                                    "status": response.status_code, "duration_ms": round(elapsed * 1000, 1)})
         return response

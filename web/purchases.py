@@ -14,6 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import aliased
 
 from models.auth_sessions import token_check_columns
+from models.db import reading
 from models.infra import metrics
 from models.ledger import Account
 from models.menus import Menu, MenuItem
@@ -223,9 +224,9 @@ def create_purchase(body):
     day = purchase_day_of(now, config.tz)
     # Intake only reads (prechecks the worker repeats under lock) and inserts one row, in autocommit: no BEGIN,
     # no COMMIT round trip, and the UNIQUE (fan, key) still settles an idempotency race.
-    with runtime().autocommit_engine.connect() as conn:
-        c = conn.execute(_INTAKE_QUERY, {"fan_id": fan_id, "key": key, "menu_id": menu_id, "item_id": item_id,
-                                         "token_session": g.token_session, "day": day}).one()
+    params = {"fan_id": fan_id, "key": key, "menu_id": menu_id, "item_id": item_id, "token_session": g.token_session,
+              "day": day}
+    with reading(runtime().autocommit_engine, _INTAKE_QUERY, params) as (conn, c):
         refuse_unusable_token(c.fan_active, c.session_open)
         if c.existing_id is not None:
             session = db()
