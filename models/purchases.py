@@ -20,7 +20,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from .db import Base
+from .db import Base, one_of
 from .types import UTCDateTime, str_enum, utcnow
 
 STATUSES = ("pending", "queued", "in_progress", "completed", "failed", "refunded")
@@ -141,7 +141,7 @@ def daily_count_query(fan_id, item_id, day, statuses=COUNTS_TOWARD_DAILY_LIMIT):
         Purchase.fan_id == fan_id,
         Purchase.item_id == item_id,
         Purchase.purchase_day == day,
-        Purchase.status.in_(statuses),
+        one_of(Purchase.status, statuses),
     )
 
 

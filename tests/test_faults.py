@@ -79,6 +79,31 @@ def test_connection_killed_before_teardown_does_not_break_the_response(app, data
         assert conn.execute(text("SELECT 1")).scalar() == 1
 
 
+def test_intake_after_its_pooled_connections_were_killed_buys_normally(app, factory):
+    """Intake's engine has no pre-ping (models/db.py, `reading`): a connection the database dropped while pooled
+    fails the first read, which runs again on a new connection. A restart or a killed backend between two
+    purchases costs the fan nothing: no 503, and the purchase is written once."""
+    fan, model = factory.user("fan", tokens=100), factory.user("model")
+    menu = factory.menu(model, items=[{"name": "Kiss", "token_value": 10}])
+    body = {"menu_id": str(menu.id), "item_id": str(menu.created_items[0].id)}
+    client = app.test_client()
+    assert client.post("/menu/purchase", json=body, headers=factory.headers(fan)).status_code in (200, 202)
+    pool = RUNTIME.autocommit_engine.pool
+    assert pool.checkedin() >= 1  # the connection that read and wrote is back in the pool, alive
+    with RUNTIME.engine.connect() as conn:  # every other backend of this database: the pooled one included
+        killed = conn.execute(text("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                                   "WHERE datname = current_database() AND pid <> pg_backend_pid()")).scalar()
+    assert killed >= 1
+    time.sleep(0.2)
+    r = client.post("/menu/purchase", json=body, headers={**factory.headers(fan), "Idempotency-Key": "after-kill"})
+    assert r.status_code in (200, 202), r.get_json()
+    s = new_session()
+    try:
+        assert s.scalar(select(func.count()).select_from(Purchase).where(Purchase.fan_id == fan.id)) == 2
+    finally:
+        s.close()
+
+
 def test_toy_activation_whose_task_was_lost_is_asked_again_by_the_sweep(client, factory, celery_worker):
     """Found by the bank test: a Redis restart empties the broker, and a completed purchase's toy activation
     task was gone for good (no row, nothing to retry). Beat's activation sweep asks again."""

@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import aliased
 
 from models.auth_sessions import token_check_columns
-from models.db import reading
+from models.db import HotStatement, one_of, reading
 from models.infra import metrics
 from models.ledger import Account
 from models.menus import Menu, MenuItem
@@ -178,10 +178,17 @@ _INTAKE_QUERY = (
     .select_from(select(literal(1).label("one")).subquery())
     .outerjoin(Menu, Menu.id == bindparam("menu_id"))
     .outerjoin(MenuItem, (MenuItem.id == bindparam("item_id")) & (MenuItem.menu_id == Menu.id))
-    .outerjoin(Show, (Show.model_id == Menu.model_id) & Show.status.in_(OPEN_SHOW))
+    .outerjoin(Show, (Show.model_id == Menu.model_id) & one_of(Show.status, OPEN_SHOW))
     .outerjoin(_model, _model.id == Menu.model_id)
 )
-_INSERT = insert(Purchase.__table__)
+_INTAKE = HotStatement(_INTAKE_QUERY)
+# The columns intake writes (by column name: `metadata` is Purchase.client_metadata).
+_INSERTED = ("id", "fan_id", "model_id", "menu_id", "item_id", "item_name", "token_value", "loyalty_points",
+             "estimated_duration_minutes", "delivery_hours", "lovense_activation", "transaction_type", "queue_priority",
+             "status", "idempotency_key", "metadata", "note", "anonymous", "show_id", "purchase_day", "created_at",
+             "updated_at")
+_INSERT = HotStatement(insert(Purchase.__table__).values({name: bindparam(name) for name in _INSERTED}),
+                       json_params=("metadata", "lovense_activation"))
 # A purchase row as plain columns named like Purchase's attributes (`client_metadata`, not the column's name).
 _PURCHASE_COLUMNS = [column.label(attr.key) for attr in sa_inspect(Purchase).column_attrs for column in attr.columns]
 
@@ -226,7 +233,7 @@ def create_purchase(body):
     # no COMMIT round trip, and the UNIQUE (fan, key) still settles an idempotency race.
     params = {"fan_id": fan_id, "key": key, "menu_id": menu_id, "item_id": item_id, "token_session": g.token_session,
               "day": day}
-    with reading(runtime().autocommit_engine, _INTAKE_QUERY, params) as (conn, c):
+    with reading(runtime().autocommit_engine, _INTAKE, params) as (conn, c):
         refuse_unusable_token(c.fan_active, c.session_open)
         if c.existing_id is not None:
             session = db()
@@ -280,7 +287,7 @@ def create_purchase(body):
         )
         columns = {name: value for name, value in purchase.items() if name != "client_metadata"}
         try:
-            conn.execute(_INSERT, {**columns, "metadata": purchase["client_metadata"]})
+            _INSERT.run(conn, {**columns, "metadata": purchase["client_metadata"]})
         except IntegrityError:
             # Another request with the same key won the race: answer with its purchase.
             session = db()

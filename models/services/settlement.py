@@ -11,6 +11,7 @@ from __future__ import annotations
 from sqlalchemy import func, select
 
 from ..audit import audit
+from ..db import one_of
 from ..ledger import lock_accounts, post
 from ..menus import Menu, MenuItem
 from ..outbox import purchase_event, queue_changed
@@ -127,7 +128,7 @@ def _refusal(session, settings, purchase, item, menu, accounts, queue_sizes, ina
 
 def open_queue_size_query(model_id):
     return select(func.count()).select_from(Purchase).where(Purchase.model_id == model_id,
-                                                            Purchase.status.in_(OPEN_QUEUE_STATUSES))
+                                                            one_of(Purchase.status, OPEN_QUEUE_STATUSES))
 
 
 def open_queue_size(session, model_id) -> int:
