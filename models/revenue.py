@@ -56,15 +56,26 @@ def platform_fee(price: int, bps: int) -> int:
     return price * bps // 10000
 
 
+def own_rate(model_id_column):
+    """A column: the model's own commission rate in bps, NULL if none (for a query's select list)."""
+    return select(CommissionRate.bps).where(CommissionRate.model_id == model_id_column).scalar_subquery()
+
+
+def sale_rate(own_bps: int | None, default_bps: int) -> int:
+    """The rate a model's sales are made at: their own, else the platform's (PLATFORM_FEE_BPS)."""
+    return default_bps if own_bps is None else own_bps
+
+
 def fee_rates(session, model_ids, default_bps: int) -> dict[uuid.UUID, int]:
     """The rate each model's sales are made at now."""
     own = dict(session.execute(select(CommissionRate.model_id, CommissionRate.bps)
                                .where(CommissionRate.model_id.in_(set(model_ids)))).all())
-    return {m: own.get(m, default_bps) for m in model_ids}
+    return {m: sale_rate(own.get(m), default_bps) for m in model_ids}
 
 
 def _day_row(session, purchase, day: date) -> EarningsDay:
-    row = session.get(EarningsDay, (purchase.model_id, day, purchase.item_id))
+    with session.no_autoflush:  # the rows the batch added so far cannot change it: they go out in one flush later
+        row = session.get(EarningsDay, (purchase.model_id, day, purchase.item_id))
     if row is None:
         row = EarningsDay(model_id=purchase.model_id, day=day, item_id=purchase.item_id, menu_id=purchase.menu_id,
                           sales=0, gross=0, fee=0, refunds=0, refunded=0)

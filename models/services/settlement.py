@@ -15,7 +15,7 @@ from ..db import one_of
 from ..ledger import lock_accounts, post
 from ..menus import Menu, MenuItem
 from ..outbox import purchase_event, queue_changed
-from ..revenue import fee_rates, pay_model
+from ..revenue import own_rate, pay_model, sale_rate
 from ..shows import is_live, last_refund_all_end, live_required
 from ..purchases import (
     OPEN_QUEUE_STATUSES,
@@ -58,14 +58,14 @@ def settle_pending(session, settings, purchase_ids=None, limit: int = 100, older
     accounts = lock_accounts(session, users)
     # Intake saw these accounts active; an admin may have deactivated one since (models/auth_sessions.py). A
     # model may have paused their queue or ended their show since, too.
-    # One round trip for all of it: settlement runs per small batch at low rates.
+    # One round trip for all of it, and the models' commission rates: settlement runs per small batch at low rates.
     flags = session.execute(select(User.id, User.is_active, User.queue_paused, is_live(User.id),
-                                   last_refund_all_end(User.id)).where(User.id.in_(users))).all()
+                                   last_refund_all_end(User.id), own_rate(User.id)).where(User.id.in_(users))).all()
     inactive = {row[0] for row in flags if not row[1]}
     paused = {row[0] for row in flags if row[2]}
     live = {row[0] for row in flags if row[3]}
     refund_all_ended = {row[0]: row[4] for row in flags if row[4] is not None}
-    rates = fee_rates(session, {p.model_id for p in purchases}, settings.platform_fee_bps)
+    rates = {row[0]: sale_rate(row[5], settings.platform_fee_bps) for row in flags}
     now = utcnow()
     # Open queue entries per model, counted once per batch: the model's accounts are locked, so only this
     # batch adds entries until the commit, and it counts its own.
