@@ -294,7 +294,7 @@ def test_verdict_wait_longer_than_the_redis_socket_timeout_is_not_an_error(datab
     from models.services.verdicts import wait_for_verdict
 
     # The client's socket timeout is 5 s: a longer BLPOP used to raise (a 500 for a committed purchase).
-    assert wait_for_verdict(RUNTIME.redis, uuid.uuid4(), 6) is False
+    assert wait_for_verdict(RUNTIME.redis, uuid.uuid4(), 6) is None
 
 
 # Issue 20, items 1 and 2: a lone surrogate in a JSON string, and JSON nested thousands deep, answered 500.

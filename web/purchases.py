@@ -9,7 +9,6 @@ from types import SimpleNamespace
 
 from flask import Response, g, request, url_for
 from sqlalchemy import bindparam, func, insert, literal, select
-from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import aliased
 
@@ -189,8 +188,6 @@ _INSERTED = ("id", "fan_id", "model_id", "menu_id", "item_id", "item_name", "tok
              "updated_at")
 _INSERT = HotStatement(insert(Purchase.__table__).values({name: bindparam(name) for name in _INSERTED}),
                        json_params=("metadata", "lovense_activation"))
-# A purchase row as plain columns named like Purchase's attributes (`client_metadata`, not the column's name).
-_PURCHASE_COLUMNS = [column.label(attr.key) for attr in sa_inspect(Purchase).column_attrs for column in attr.columns]
 
 
 def _replay(session, purchase: Purchase, menu_id, item_id):
@@ -296,11 +293,10 @@ def create_purchase(body):
             if key is None or existing is None:
                 raise
             return _replay(session, existing, menu_id, item_id)
-        request_settlement(runtime(), purchase["id"])
-        if not wait_for_verdict(redis(), purchase["id"], config.purchase_wait_seconds):
-            return _answer(SimpleNamespace(**purchase, **dict.fromkeys(_SET_AFTER_INTAKE)))
-        settled = conn.execute(select(*_PURCHASE_COLUMNS).where(Purchase.id == purchase["id"])).one()
-        return _answer(SimpleNamespace(**settled._mapping))
+    # The connection is back in the pool: the verdict wait holds none.
+    request_settlement(runtime(), purchase["id"])
+    verdict = wait_for_verdict(redis(), purchase["id"], config.purchase_wait_seconds) or {}
+    return _answer(SimpleNamespace(**{**purchase, **dict.fromkeys(_SET_AFTER_INTAKE), **verdict}))
 
 
 @blp.route("/history", methods=["GET"])
