@@ -43,8 +43,16 @@ def error(status: int, code: str | None = None, message: str | None = None, desc
         code = match.group(1) if match else default_code
     if message is None:
         message = default_message if code == default_code else code.replace("_", " ").capitalize()
-    return _doc.alt_response(status, schema=ErrorOut, description=description or code,
-                             example={"error": {"code": code, "message": message}}, headers=headers)
+    documented = _doc.alt_response(status, schema=ErrorOut, description=description or code,
+                                   example={"error": {"code": code, "message": message}}, headers=headers)
+
+    def decorator(func):
+        # flask-smorest wraps the view in a layer that only calls through, to carry the docs: keep the docs, drop
+        # the layer (a route documents up to eight errors; the layers cost ~30 us a purchase, bench/layers.py).
+        func._apidoc = documented(func)._apidoc
+        return func
+
+    return decorator
 
 
 def errors(*statuses: int):

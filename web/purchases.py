@@ -64,7 +64,8 @@ REFUSAL_MESSAGE = {
 
 def purchase_view(p: Purchase) -> dict:
     """The purchase as the API shows it; an open queue entry with its place and wait from the Redis queue."""
-    position, wait = performance_queue.position_or_repair(db(), p, redis()) or (None, None)
+    queued = p.transaction_type == "queued"  # (no session for the others: a purchase's answer is the hot path)
+    position, wait = (queued and performance_queue.position_or_repair(db(), p, redis())) or (None, None)
     return {
         "success": p.status not in ("failed", "refunded"),
         "purchase_id": p.id,

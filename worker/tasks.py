@@ -123,12 +123,15 @@ def settle_purchases(purchase_ids=None) -> dict:
     try:
         while True:
             settle_signal.keep_scheduled(rt.redis)
+            total.update(settle())
+            # Every purchase committed after that claim began pushed a wake-up: wait for one rather than claim
+            # again at once (at steady low rates that claim found nothing, a transaction per purchase).
+            if settle_signal.lingering(rt.redis, rt.settings.settle_linger_seconds, started):
+                continue
+            settle_signal.release_scheduled(rt.redis)
             settled = settle()
-            if not settled and not settle_signal.lingering(rt.redis, rt.settings.settle_linger_seconds, started):
-                settle_signal.release_scheduled(rt.redis)
-                settled = settle()
-                if not settled:
-                    return dict(total)
+            if not settled:
+                return dict(total)
             total.update(settled)
     except BaseException:
         settle_signal.release_scheduled(rt.redis)

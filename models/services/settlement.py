@@ -8,7 +8,9 @@ a retry or a crash half-way changes the books at most once.
 """
 from __future__ import annotations
 
-from sqlalchemy import func, select
+import functools
+
+from sqlalchemy import bindparam, func, select
 
 from ..audit import audit
 from ..db import one_of
@@ -32,18 +34,31 @@ from ..users import User
 def claim_pending(session, purchase_ids=None, limit: int = 100, older_than=None):
     """Lock up to `limit` pending purchases, oldest first, skipping rows another settler holds; each with its
     item and menu (not locked: settlement only reads them)."""
+    params = {"limit": limit, "ids": purchase_ids, "older_than": older_than}
+    return list(session.execute(_claim_query(purchase_ids is not None, older_than is not None), params))
+
+
+@functools.lru_cache
+def _claim_query(by_id: bool, by_age: bool):
+    """The claim, built once per shape (settlement claims after every purchase at low rates)."""
     query = (
         select(Purchase, MenuItem, Menu)
         .join(MenuItem, MenuItem.id == Purchase.item_id)
         .join(Menu, Menu.id == MenuItem.menu_id)
         .where(Purchase.status == "pending")
     )
-    if purchase_ids is not None:
-        query = query.where(Purchase.id.in_(purchase_ids))
-    if older_than is not None:
-        query = query.where(Purchase.created_at < older_than)
-    query = query.order_by(Purchase.created_at).limit(limit).with_for_update(skip_locked=True, of=Purchase)
-    return list(session.execute(query))
+    if by_id:
+        query = query.where(Purchase.id.in_(bindparam("ids", expanding=True)))
+    if by_age:
+        query = query.where(Purchase.created_at < bindparam("older_than"))
+    return (query.order_by(Purchase.created_at).limit(bindparam("limit"))
+            .with_for_update(skip_locked=True, of=Purchase))
+
+
+# Built once, as intake's read is (building it cost as much as running it): per user of a batch, whether the
+# account is active, the queue paused, the model live, when their last refund_all end was, their commission rate.
+_FLAGS = select(User.id, User.is_active, User.queue_paused, is_live(User.id), last_refund_all_end(User.id),
+                own_rate(User.id)).where(User.id.in_(bindparam("users", expanding=True)))
 
 
 def settle_pending(session, settings, purchase_ids=None, limit: int = 100, older_than=None) -> list[Purchase]:
@@ -59,8 +74,7 @@ def settle_pending(session, settings, purchase_ids=None, limit: int = 100, older
     # Intake saw these accounts active; an admin may have deactivated one since (models/auth_sessions.py). A
     # model may have paused their queue or ended their show since, too.
     # One round trip for all of it, and the models' commission rates: settlement runs per small batch at low rates.
-    flags = session.execute(select(User.id, User.is_active, User.queue_paused, is_live(User.id),
-                                   last_refund_all_end(User.id), own_rate(User.id)).where(User.id.in_(users))).all()
+    flags = session.execute(_FLAGS, {"users": list(users)}).all()
     inactive = {row[0] for row in flags if not row[1]}
     paused = {row[0] for row in flags if row[2]}
     live = {row[0] for row in flags if row[3]}
