@@ -8,7 +8,7 @@ import uuid
 from types import SimpleNamespace
 
 from flask import Response, g, request, url_for
-from sqlalchemy import bindparam, func, insert, literal, select
+from sqlalchemy import bindparam, case, func, insert, literal, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import aliased
 
@@ -166,8 +166,11 @@ _INTAKE_QUERY = (
         select(Account.balance)
         .where(Account.owner_id == bindparam("fan_id"), Account.kind == "wallet")
         .scalar_subquery().label("balance"),
-        daily_count_query(bindparam("fan_id"), MenuItem.id, bindparam("day")).scalar_subquery().label("bought_today"),
-        open_queue_size_query(Menu.model_id).scalar_subquery().label("queue_size"),
+        # Counted only where a rule needs them (a daily limit; a Queue ON menu): the queue count is the costliest.
+        case((MenuItem.max_daily_purchases.is_not(None),
+              daily_count_query(bindparam("fan_id"), MenuItem.id, bindparam("day")).scalar_subquery())
+             ).label("bought_today"),
+        case((Menu.queue_mode == "ON", open_queue_size_query(Menu.model_id).scalar_subquery())).label("queue_size"),
         *(column.label(name) for column, name in zip(token_check_columns(bindparam("fan_id"),
                                                                          bindparam("token_session")),
                                                      ("fan_active", "session_open"))),
