@@ -105,8 +105,8 @@ def test_purchase_rate_limit_per_fan_answers_429_with_retry_after(database):
     menu = factory.menu(model)
     item = menu.created_items[0]
     headers = factory.headers(fan)
-    for _ in range(3):
-        r = buy(client, headers, menu, item)
+    for n in range(3):
+        r = buy(client, {**headers, "Idempotency-Key": f"limit-{n}"}, menu, item)
         assert r.status_code == 200, r.json
         assert r.json["status"] == "completed"
         assert "Retry-After" not in r.headers
@@ -116,6 +116,9 @@ def test_purchase_rate_limit_per_fan_answers_429_with_retry_after(database):
     assert r.json["error"]["code"] == "rate_limited"
     assert r.json["error"]["message"]
     assert 0 < int(r.headers["Retry-After"]) <= 60
+    # A retry of a purchase already made is answered, not limited: it makes no new purchase.
+    retry = buy(client, {**headers, "Idempotency-Key": "limit-0"}, menu, item)
+    assert retry.status_code == 200 and retry.json["status"] == "completed", retry.json
     s = new_session()
     try:
         assert s.scalar(select(func.count()).select_from(Purchase).where(Purchase.fan_id == fan.id)) == 3

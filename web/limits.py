@@ -1,20 +1,29 @@
-"""Rate limits, counted in Redis so every process and machine shares them: login per client address, purchases
-per fan (RATE_LIMIT_LOGIN, RATE_LIMIT_PURCHASE, in the `limits` library's notation: "10 per minute", several
-joined by ";").
+"""Rate limits: login attempts per client address (RATE_LIMIT_LOGIN), purchases per fan (RATE_LIMIT_PURCHASE),
+both in the `limits` library's notation ("10 per minute", several joined by ";").
 
-Fixed windows, as Flask-Limiter counts them (a window opens at a key's first hit and lasts its period), in one
-Lua round trip per request for all of a setting's limits: on the purchase path this is one EVALSHA instead of
-Flask-Limiter's several calls and its check on every request (measured: bench/layers.py). A refused request
-gets 429 `rate_limited` with `Retry-After`. If Redis cannot be reached the request goes through (logged): the
-database rules, not the limiter, protect the money."""
+Login: fixed windows counted in Redis (a window opens at a key's first hit and lasts its period), all of the
+setting's limits in one Lua round trip; if Redis cannot be reached the attempt goes through (logged).
+
+Purchases: the purchases the fan made in the last period (a sliding window), counted by the database in
+intake's one read (web/purchases.py): exact across processes, still counted when Redis is down, and no round
+trip of its own on the hot path (bench/layers.py). A request refused for another reason (402, 404...) writes
+no purchase and is not counted; an idempotent retry of a purchase is answered, never limited.
+
+Over a limit: 429 `rate_limited` with `Retry-After`."""
 from __future__ import annotations
 
 import logging
 from functools import lru_cache, wraps
 
-from flask import g, request
+import math
+from datetime import timedelta
+
+from flask import request
 from limits import parse_many
 from redis import RedisError
+from sqlalchemy import func, select
+
+from models.purchases import Purchase
 
 from .deps import redis, settings
 from .errors import ApiError
@@ -86,10 +95,27 @@ def client_address() -> str:
     return f"addr:{request.remote_addr}"  # ProxyFix (TRUSTED_PROXIES) has put the client's address here
 
 
-def signed_in_user() -> str:
-    """The signed-in user's id (authenticated by role_required, which runs first)."""
-    return f"user:{g.identity[0]}"
-
-
 login_limited = limited(lambda s: s.login_rate_limit, client_address)
-purchase_limited = limited(lambda s: s.purchase_rate_limit, signed_in_user)
+
+
+def purchase_limits(setting: str) -> tuple[tuple[int, int], ...]:
+    """(period seconds, amount) of each limit of RATE_LIMIT_PURCHASE."""
+    return tuple((period, amount) for _name, period, amount in _parsed(setting))
+
+
+def recent_purchases_column(fan_id, since):
+    """A column: the fan's purchases made after `since` (intake's read selects one per limit)."""
+    return select(func.count()).select_from(Purchase).where(Purchase.fan_id == fan_id,
+                                                            Purchase.created_at > since).scalar_subquery()
+
+
+def refuse_over_purchase_limit(session, fan_id, setting: str, recent: list[int], now) -> None:
+    """429 if the fan's purchases in a period (`recent`, one count per limit) reached its amount. Retry-After:
+    until their oldest purchase in that period leaves it (only asked when refusing)."""
+    for (period, amount), count in zip(purchase_limits(setting), recent):
+        if count >= amount:
+            since = now - timedelta(seconds=period)
+            oldest = session.scalar(select(func.min(Purchase.created_at)).where(Purchase.fan_id == fan_id,
+                                                                                Purchase.created_at > since))
+            wait = max(1, math.ceil(period - (now - oldest).total_seconds())) if oldest else 1
+            raise ApiError(429, "rate_limited", "Too many purchases: " + setting, headers={"Retry-After": str(wait)})

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import hmac
+import itertools
 import logging
+import os
 import re
 import time
 import uuid
@@ -172,6 +174,24 @@ class QueueDepthCollector:
                                 value=toys["lag"])
 
 
+_REQUEST_ID_PREFIX = uuid.uuid4().hex[:16]  # this process's; a fork gets its own (below)
+_request_numbers = itertools.count()
+
+
+def _new_request_id() -> str:
+    """Unique across processes and restarts (a random prefix per process, then a counter), without a syscall for
+    random bytes on every request as uuid4 makes."""
+    return f"{_REQUEST_ID_PREFIX}{next(_request_numbers):016x}"
+
+
+def _reseed_request_ids() -> None:
+    global _REQUEST_ID_PREFIX
+    _REQUEST_ID_PREFIX = uuid.uuid4().hex[:16]
+
+
+os.register_at_fork(after_in_child=_reseed_request_ids)  # gunicorn forks its workers after importing the app
+
+
 @lru_cache(maxsize=1024)  # routes x methods x statuses: bounded
 def _series(endpoint: str, method: str, status: int):
     """The request counter's and the latency histogram's series of one kind of answer, looked up once (labels()
@@ -187,7 +207,7 @@ def init_request_hooks(app) -> None:
     @app.before_request
     def _start():
         incoming = request.headers.get("X-Request-ID", "")
-        g.request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        g.request_id = incoming if _REQUEST_ID.match(incoming) else _new_request_id()
         g.request_id_token = request_id_var.set(g.request_id)
         g.request_started = time.perf_counter()
 

@@ -39,9 +39,10 @@ class JsonFormatter(logging.Formatter):
         request_id = request_id_var.get()
         if request_id:
             out["request_id"] = request_id
-        task_id = _task_id()
-        if task_id:
-            out["task_id"] = task_id
+        else:  # a request is never a task: no lookup on the web's hot path
+            task_id = _task_id()
+            if task_id:
+                out["task_id"] = task_id
         for key, value in vars(record).items():
             if key in _STANDARD or key.startswith("_") or any(w in key.lower() for w in _SECRET_WORDS):
                 continue
