@@ -442,6 +442,72 @@ def measure(n: int, detail: bool = False) -> dict:
     return result
 
 
+def postgres_cpu_seconds() -> float:
+    """CPU of every PostgreSQL server process of this machine so far (user + system)."""
+    ticks = 0
+    for pid in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if not f.read().startswith(b"postgres"):
+                    continue
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            pass
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def settlement_costs(n: int) -> dict:
+    """`--settlement`: per purchase, intake's PostgreSQL CPU and WAL, then settlement's worker CPU (this thread),
+    PostgreSQL CPU and WAL in batches of SETTLE_BATCH_SIZE (n pending purchases, one settle() and relay()), and the
+    worker CPU of settling one purchase at a time (docs/capacity.md)."""
+    from sqlalchemy import text
+
+    from worker import tasks
+    from worker.celery_app import bind_runtime
+
+    recreate_database()
+    app = build_app()
+    runtime = app.extensions["perfmenu"]
+    bind_runtime(runtime)
+    data = seed(runtime, app)
+    drive(app, environs(data, WARMUP, 0))
+    tasks.settle()
+    tasks.relay(runtime)
+
+    def wal() -> int:
+        with runtime.engine.connect() as conn:
+            return int(conn.execute(text("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn")).scalar())
+
+    def step(run) -> tuple[float, float, int]:
+        w, p, t = wal(), postgres_cpu_seconds(), time.thread_time()
+        run()
+        return time.thread_time() - t, postgres_cpu_seconds() - p, wal() - w
+
+    def settle_all():
+        tasks.settle()
+        tasks.relay(runtime)
+
+    intake = step(lambda: drive(app, environs(data, n, WARMUP)))
+    batches = step(settle_all)
+    singles = 300
+    envs = environs(data, singles, WARMUP + n)
+
+    def one_at_a_time():
+        for env in envs:
+            drive(app, [env])
+            settle_all()
+
+    alone = step(one_at_a_time)
+    ms = lambda seconds, count: round(1000 * seconds / count, 2)  # noqa: E731
+    return {"n": n, "intake_pg_cpu_ms": ms(intake[1], n), "intake_wal_bytes": intake[2] // n,
+            "batch_worker_cpu_ms": ms(batches[0], n), "batch_pg_cpu_ms": ms(batches[1], n),
+            "batch_wal_bytes": batches[2] // n, "batch_size": runtime.settings.settle_batch_size,
+            "one_at_a_time_worker_and_intake_cpu_ms": ms(alone[0], singles),
+            "one_at_a_time_pg_cpu_ms": ms(alone[1], singles), "commit": git_commit()}
+
+
 def git_commit() -> str | None:
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
@@ -523,6 +589,9 @@ def main(argv):
             raise SystemExit("usage: python -m bench.layers --compare before.json after.json")
         with open(argv[1]) as f, open(argv[2]) as g:
             print(compare(json.load(f), json.load(g)))
+        return
+    if argv[:1] == ["--settlement"]:
+        print(json.dumps(settlement_costs(int(argv[1]) if len(argv) > 1 else 3000), indent=2))
         return
     detail = "--detail" in argv
     out = os.path.join(ROOT, "bench", "layers.json")
