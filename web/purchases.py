@@ -99,7 +99,7 @@ def purchase_view(p: Purchase) -> dict:
         "escrow_deadline": p.escrow_deadline,
         # Its toy buzz, with its place on the model's timeline (None: the item buzzes no toy, or not yet asked).
         "toy": slot_of(db(), p.id) if activation_enabled(p.lovense_activation) else None,
-        "status_url": f"{request.script_root}/menu/purchase/{p.id}/status",  # purchase_status's URL; url_for cost ~20 us
+        "status_url": f"{request.script_root}/menu/purchase/{p.id}/status",  # purchase_status (url_for: ~20 us)
     }
 
 
@@ -148,19 +148,20 @@ def _answer(purchase):
                     {"Location": body["status_url"]} if pending else None, mimetype="application/json")
 
 
-# Intake's one read (docs/architecture.md, "Intake"), built once (building it costs more than running it) and
-# run on the autocommit engine as plain columns, no ORM objects: the id of the fan's purchase already made with
-# this idempotency key (None if none or no key), the menu and the item (None if missing or not on that menu), the
-# fan's wallet balance, how many of the item the fan bought today, the open entries of the model's queue,
-# whether the fan's token may be used (web/auth.py, session_checked_by_view), the model's open show and whether
-# their queue is paused, and (_intake_statement) the fan's purchases in each rate-limit period. The one-row FROM keeps the id and the balance when the menu is missing.
+# Intake's one read (docs/architecture.md, "The purchase"), built once (building it costs more than running it)
+# and run on the autocommit engine as plain columns, no ORM objects: the id of the fan's purchase already made
+# with this idempotency key (None if none or no key), the menu and the item (None if missing or not on that
+# menu), the fan's wallet balance, how many of the item the fan bought today, the open entries of the model's
+# queue, whether the fan's token may be used (web/auth.py, session_checked_by_view), the model's open show and
+# whether their queue is paused, and (_intake_statement) the fan's purchases in each rate-limit period. The
+# one-row FROM keeps the id and the balance when the menu is missing.
 _model = aliased(User)
 
 
 @functools.lru_cache
 def _intake_statement(limits: int) -> HotStatement:
-    """Intake's read for a RATE_LIMIT_PURCHASE of `limits` limits: the fan's purchases since `since_<i>` (web/limits.py)
-    as columns recent_<i>."""
+    """Intake's read for a RATE_LIMIT_PURCHASE of `limits` limits: the fan's purchases since `since_<i>`
+    (web/limits.py) as columns recent_<i>."""
     return HotStatement(_INTAKE_QUERY.add_columns(*(
         recent_purchases_column(bindparam("fan_id"), bindparam(f"since_{i}")).label(f"recent_{i}")
         for i in range(limits))))

@@ -5,9 +5,9 @@ calls `promise_claim` (through worker/handoff.py), the settle task the rest (wor
 A settle task settles *everything* pending (in batches, claiming rows with FOR UPDATE SKIP LOCKED), so the web
 publishes a task only when none is scheduled. A Redis flag (short TTL) promises "a claim will happen after
 now": the web sets it with SET NX and publishes only if it set it; the task keeps it set while it loops
-(after each claim it waits on the wake-up list below, which every purchase committed since has pushed to), and
-before it exits it deletes the flag and claims once more. So a purchase whose SET NX failed was committed before a claim that is still to come: no
-purchase is left behind. A failed publish drops the flag again; a lost message or a crashed task costs at
+(after each claim it waits on the wake-up list below, which every purchase committed since has pushed to),
+and before it exits it deletes the flag and claims once more. So a purchase whose SET NX failed was committed
+before a claim that is still to come: no purchase is left behind. A failed publish drops the flag again; a lost message or a crashed task costs at
 most the TTL (the next purchase publishes) and beat's pending sweep settles what remains.
 
 An idle task does not end at once: it lingers (SETTLE_LINGER_SECONDS), blocked on a Redis list that every
