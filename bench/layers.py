@@ -280,22 +280,9 @@ def layer_counts(samples, detail=None) -> collections.Counter:
 # ---------------------------------------------------------------- database, seed, app
 
 def recreate_database():
-    """As bench/run.py: drop and create the database, migrate, flush both Redis databases."""
-    import redis
-    from sqlalchemy import create_engine, text
-    from sqlalchemy.engine import make_url
+    from tests.processes import recreate_database as recreate
 
-    from models.schema import upgrade_head
-
-    target = make_url(DATABASE_URL)
-    admin = create_engine(target.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{target.database}" WITH (FORCE)'))
-        conn.execute(text(f'CREATE DATABASE "{target.database}"'))
-    admin.dispose()
-    upgrade_head(DATABASE_URL)
-    for url in (REDIS_URL, BROKER_URL):
-        redis.Redis.from_url(url).flushdb()
+    recreate(DATABASE_URL, (REDIS_URL, BROKER_URL))
 
 
 def seed(runtime, app) -> dict:

@@ -69,6 +69,7 @@ from sqlalchemy.engine import make_url  # noqa: E402
 from models.runtime import Runtime  # noqa: E402
 from models.settings import Settings  # noqa: E402
 from tests.processes import ProcessGroup, children_of, free_port, wait_http  # noqa: E402
+from tests.processes import recreate_database as recreate  # noqa: E402
 
 STREAM_PORT = free_port()
 ENV["STREAM_PORT"] = str(STREAM_PORT)  # the web's tickets name the stream process's address too
@@ -201,17 +202,7 @@ def loadgen(spec) -> dict:
 # ---------------------------------------------------------------- data
 
 def recreate_database():
-    target = make_url(DATABASE_URL)
-    admin = create_engine(target.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{target.database}" WITH (FORCE)'))
-        conn.execute(text(f'CREATE DATABASE "{target.database}"'))
-    admin.dispose()
-    from models.schema import upgrade_head
-
-    upgrade_head(RUNTIME.settings.database_url)
-    for url in (REDIS_URL, BROKER_URL):
-        redis.Redis.from_url(url).flushdb()
+    recreate(RUNTIME.settings.database_url, (REDIS_URL, BROKER_URL))
 
 
 def seed() -> dict:

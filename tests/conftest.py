@@ -60,8 +60,7 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
 sys.path.insert(0, ROOT)
 
 import redis  # noqa: E402
-from sqlalchemy import create_engine, select, text  # noqa: E402
-from sqlalchemy.engine import make_url  # noqa: E402
+from sqlalchemy import select, text  # noqa: E402
 from sqlalchemy.exc import OperationalError  # noqa: E402
 
 from models.db import Base  # noqa: E402
@@ -69,12 +68,11 @@ from models.ledger import Account, LedgerEntry, books_differences, top_up  # noq
 from models.menus import Menu, MenuItem  # noqa: E402
 from models.purchases import Purchase  # noqa: E402
 from models.runtime import Runtime  # noqa: E402
-from models.schema import upgrade_head  # noqa: E402
 from models.services import shows  # noqa: E402
 from models.services.settle_signal import SCHEDULED_KEY  # noqa: E402
 from models.settings import Settings  # noqa: E402
 from models.users import create_user  # noqa: E402
-from processes import ProcessGroup  # noqa: E402
+from processes import ProcessGroup, recreate_database  # noqa: E402
 from web import create_app  # noqa: E402
 from worker.celery_app import bind_runtime, celery  # noqa: E402
 
@@ -92,21 +90,12 @@ def new_session():
     return RUNTIME.new_session()
 
 
-def _recreate_database(url: str) -> None:
-    target = make_url(url)
-    admin = create_engine(target.set(database="postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{target.database}" WITH (FORCE)'))
-        conn.execute(text(f'CREATE DATABASE "{target.database}"'))
-    admin.dispose()
-
-
 @pytest.fixture(scope="session")
 def database():
-    _recreate_database(DATABASE_URL)
-    upgrade_head(SETTINGS.database_url)
+    recreate_database(SETTINGS.database_url)
     yield RUNTIME.engine
     RUNTIME.engine.dispose()
+    RUNTIME.autocommit_engine.dispose()
 
 
 @pytest.fixture(scope="session")

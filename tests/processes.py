@@ -17,6 +17,26 @@ import urllib.request
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def recreate_database(url: str, redis_urls=()) -> None:
+    """Drop and create the PostgreSQL database of `url` (ending its connections), migrate it to head, and flush
+    `redis_urls`: the benchmark's own databases (bench/run.py, bench/layers.py)."""
+    import redis
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    from models.schema import upgrade_head
+
+    target = make_url(url)
+    admin = create_engine(target.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{target.database}" WITH (FORCE)'))
+        conn.execute(text(f'CREATE DATABASE "{target.database}"'))
+    admin.dispose()
+    upgrade_head(url)
+    for redis_url in redis_urls:
+        redis.Redis.from_url(redis_url).flushdb()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
