@@ -13,10 +13,9 @@ Over a limit: 429 `rate_limited` with `Retry-After`."""
 from __future__ import annotations
 
 import logging
-from functools import lru_cache, wraps
-
 import math
 from datetime import timedelta
+from functools import lru_cache, wraps
 
 from flask import request
 from limits import parse_many
