@@ -286,38 +286,11 @@ def recreate_database():
 
 
 def seed(runtime, app) -> dict:
-    """bench/run.py's seed(), the Queue OFF half (importing it would build that module's own runtime): one
-    model, live, with a Queue OFF menu and item; FANS fans with plenty of tokens; their access tokens."""
-    from models.ledger import create_accounts, top_up
-    from models.menus import Menu, MenuItem
-    from models.shows import Show
-    from models.users import User
-    from web.auth import sign_in
+    """bench/run.py's shop, the Queue OFF half: one live model with a Queue OFF menu and item, FANS fans."""
+    from bench.seed import seed as bench_seed
 
-    s = runtime.new_session()
-    probe = User(username="probe", role="fan")
-    probe.set_password("layers")  # hashed once: it is slow on purpose
-    model = User(username="layers-model", role="model", password_hash=probe.password_hash)
-    fans = [User(username=f"layers-fan-{i}", role="fan", password_hash=probe.password_hash) for i in range(FANS)]
-    s.add_all([model, *fans])
-    s.flush()
-    for u in [model, *fans]:
-        create_accounts(s, u)
-    s.flush()
-    for u in fans:
-        top_up(s, u.id, 10_000_000)
-    s.add(Show(model_id=model.id))  # live: Queue OFF items are sold during a show
-    menu = Menu(model_id=model.id, name="Layers OFF", queue_mode="OFF", queue_order="fifo")
-    s.add(menu)
-    s.flush()
-    item = MenuItem(menu_id=menu.id, name="Kiss", token_value=10, bonus_loyalty_points=1,
-                    estimated_duration_minutes=2)
-    s.add(item)
-    s.commit()
-    with app.app_context():
-        tokens = [sign_in(s, u)["access_token"] for u in fans]
-    s.close()
-    return {"menu_id": str(menu.id), "item_id": str(item.id), "tokens": tokens}
+    data = bench_seed(runtime, app, ("OFF",), FANS, prefix="layers")
+    return {**data["menus"]["OFF"], "tokens": data["tokens"]}
 
 
 def build_app():

@@ -15,7 +15,7 @@ from sqlalchemy import select
 from models.ledger import lock_accounts
 from models.menus import Menu, MenuItem
 from models.purchases import Purchase, daily_count, purchase_day_of
-from models.revenue import fee_rates, pay_model
+from models.revenue import own_rate, pay_model, sale_rate
 from models.runtime import Runtime
 from models.services.settlement import award_points
 from models.settings import Settings
@@ -79,7 +79,7 @@ def purchase():
         # Settlement's Queue OFF step (models/services/settlement.py, settle_pending and _transfer), the
         # transition first so the row is inserted `completed`, and inserted before the ledger rows that name it
         # (no relationship tells the session the order).
-        p.fee_bps = fee_rates(session, [p.model_id], settings.platform_fee_bps)[p.model_id]
+        p.fee_bps = sale_rate(session.scalar(select(own_rate(p.model_id))), settings.platform_fee_bps)
         p.transition("completed", now)
         session.add(p)
         session.flush()

@@ -70,6 +70,7 @@ from models.runtime import Runtime  # noqa: E402
 from models.settings import Settings  # noqa: E402
 from tests.processes import ProcessGroup, children_of, free_port, wait_http  # noqa: E402
 from tests.processes import recreate_database as recreate  # noqa: E402
+from bench.seed import seed as bench_seed  # noqa: E402
 
 STREAM_PORT = free_port()
 ENV["STREAM_PORT"] = str(STREAM_PORT)  # the web's tickets name the stream process's address too
@@ -207,48 +208,10 @@ def recreate_database():
 
 def seed() -> dict:
     """Two models (one Queue OFF menu, one Queue ON menu), FANS fans with plenty of tokens, their JWTs."""
-    from models.ledger import create_accounts, top_up
-    from models.menus import Menu, MenuItem
-    from models.shows import Show
-    from models.users import User
     from web import create_app
 
-    s = RUNTIME.new_session()
-    probe = User(username="probe", role="fan")
-    probe.set_password("bench")
-    users = {}
-    for role, n in (("model", 2), ("fan", FANS), ("admin", 1)):
-        users[role] = []
-        for i in range(n):
-            u = User(username=f"bench-{role}-{i}", role=role, password_hash=probe.password_hash)
-            s.add(u)
-            users[role].append(u)
-    s.flush()
-    for u in users["model"] + users["fan"]:
-        create_accounts(s, u)
-    s.flush()
-    for u in users["fan"]:
-        top_up(s, u.id, 10_000_000)
-    menus = {}
-    for model, mode in zip(users["model"], ("OFF", "ON")):
-        s.add(Show(model_id=model.id))  # live: Queue OFF items are sold during a show
-        menu = Menu(model_id=model.id, name=f"Bench {mode}", queue_mode=mode, queue_order="fifo")
-        s.add(menu)
-        s.flush()
-        item = MenuItem(menu_id=menu.id, name="Kiss", token_value=10, bonus_loyalty_points=1,
-                        estimated_duration_minutes=2)
-        s.add(item)
-        s.flush()
-        menus[mode] = {"menu_id": str(menu.id), "item_id": str(item.id), "model_id": str(model.id)}
-    s.commit()
-    app = create_app(RUNTIME.settings)
-    from web.auth import sign_in
-
-    with app.app_context():
-        tokens = {role: [sign_in(s, u)["access_token"] for u in users[role]] for role in users}
-    s.close()
-    return {"menus": menus, "tokens": tokens["fan"], "model_tokens": tokens["model"],
-            "admin_token": tokens["admin"][0]}
+    data = bench_seed(RUNTIME, create_app(RUNTIME.settings), ("OFF", "ON"), FANS, admins=1)
+    return {**data, "admin_token": data["admin_tokens"][0]}
 
 
 def pending_count() -> int:

@@ -66,13 +66,6 @@ def sale_rate(own_bps: int | None, default_bps: int) -> int:
     return default_bps if own_bps is None else own_bps
 
 
-def fee_rates(session, model_ids, default_bps: int) -> dict[uuid.UUID, int]:
-    """The rate each model's sales are made at now."""
-    own = dict(session.execute(select(CommissionRate.model_id, CommissionRate.bps)
-                               .where(CommissionRate.model_id.in_(set(model_ids)))).all())
-    return {m: sale_rate(own.get(m), default_bps) for m in model_ids}
-
-
 def _day_row(session, purchase, day: date) -> EarningsDay:
     with session.no_autoflush:  # the rows the batch added so far cannot change it: they go out in one flush later
         row = session.get(EarningsDay, (purchase.model_id, day, purchase.item_id))
