@@ -161,7 +161,7 @@ class Cluster:
                                          "gthread", "--graceful-timeout", "5", "web.wsgi:app"], env)
         self.workers = [self._worker(i) for i in range(cfg.celery_workers)]
         self.webhook_worker = self._process("webhooks", [  # the Procfile's `webhooks` line
-            sys.executable, "-m", "celery", "-A", "worker.main", "worker", "-Q", "webhooks", "--concurrency", "2", "--loglevel", "WARNING", "-n", f"bank-webhooks-{uuid.uuid4().hex[:6]}@%h",
+            sys.executable, "-m", "celery", "-A", "worker.main", "worker", "-Q", "webhooks", "--concurrency", "2", "--loglevel", "INFO", "-n", f"bank-webhooks-{uuid.uuid4().hex[:6]}@%h",
             "--without-gossip", "--without-mingle"], env)
         self.base_url = f"http://127.0.0.1:{self.web_port}"
 

@@ -364,3 +364,32 @@ def test_toy_offline_for_two_minutes_expires_late_buzzes_and_the_timeline_contin
     print(f"\ntoy offline 120 s: {len(attempts)} commands answered 507 or played, 2 buzzes expired, the one bought "
           f"at 90 s played {plays[0]['start'] - played[0].scheduled_at.timestamp():.1f} s after its slot, a new one "
           f"{plays[1]['start'] - played[1].scheduled_at.timestamp():.2f} s after its slot")
+
+
+def test_an_anonymous_buyer_is_not_named_to_the_model_through_the_toy(client, factory, fake_lovense):
+    """Issue 28, item 2: the model's timeline and the toy events on the model's stream blank an anonymous
+    buyer, as the purchase's own events and the queue do."""
+    from models.outbox import OutboxEvent
+    from web.events import Viewer
+
+    model, menu = paired_model_with(client, factory, toy_item(2))
+    fan = factory.user("fan", tokens=100)
+    r = client.post("/menu/purchase", json={"menu_id": str(menu.id), "item_id": str(menu.created_items[0].id),
+                                            "anonymous": True}, headers=factory.headers(fan))
+    assert r.status_code == 200, r.json
+    purchase_id = uuid.UUID(r.json["purchase_id"])
+    wait_until(lambda: len(fake_lovense.plays(model.id)) == 1, 5, "the buzz did not start", [purchase_id])
+    slot = client.get("/lovense/timeline", headers=factory.headers(model)).json["now_playing"]
+    assert (slot["purchase_id"], slot["fan_id"], slot["anonymous"]) == (str(purchase_id), None, True)
+
+    s = new_session()
+    try:
+        started = s.scalar(select(OutboxEvent).where(OutboxEvent.purchase_id == purchase_id,
+                                                     OutboxEvent.type == "toy.started"))
+        started.seq = started.seq or 0
+        message = started.as_message()
+    finally:
+        s.close()
+    assert message["data"]["anonymous"] is True
+    assert '"fan_id":null' in Viewer(user_id=str(model.id), role="model").text_of(message, "unused")
+    assert Viewer(user_id=str(fan.id), role="fan").text_of(message, "as sent") == "as sent"  # the fan knows

@@ -97,7 +97,8 @@ class ActivationListOut(PageOut):
 
 class SlotOut(Schema):
     purchase_id = fields.UUID()
-    fan_id = fields.UUID()
+    fan_id = fields.UUID(allow_none=True, metadata={"description": "null when the fan bought anonymously"})
+    anonymous = fields.Boolean()
     item_id = fields.UUID()
     item_name = fields.String()
     status = fields.String(metadata={"description": "playing (on the toy now) or waiting"})
@@ -115,6 +116,7 @@ class TimelineOut(Schema):
 
 
 TIMELINE_SLOT = {"purchase_id": ACTIVATION_EXAMPLE["purchase_id"], "fan_id": "5d4c3b2a-1f0e-4d9c-8b7a-6f5e4d3c2b1a",
+                 "anonymous": False,
                  "item_id": "1c2d3e4f-5a6b-4c7d-8e9f-0a1b2c3d4e5f", "item_name": "Lovense Tease - Low",
                  "status": "playing", "position": 0, "starts_at": "2024-06-01T12:00:00+00:00",
                  "ends_at": "2024-06-01T12:00:10+00:00", "duration_seconds": 10.0}

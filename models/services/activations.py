@@ -199,13 +199,15 @@ def stalled_slots(session, overdue, now=None) -> list:
 
 
 def timeline(session, model_id, now=None) -> list[dict]:
-    """The model's timeline: what plays now, then what waits, in order, each with its purchase, fan and item."""
+    """The model's timeline: what plays now, then what waits, in order, each with its purchase, fan and item; an
+    anonymous buyer's fan id is null (the model reads this)."""
     now = now or utcnow()
     rows = session.execute(
         select(A, Purchase).join(Purchase, Purchase.id == A.purchase_id)
         .where(A.model_id == model_id, or_(and_(WAITING, A.starts_at.is_not(None)), _playing(now)))
         .order_by(A.starts_at, A.id)).all()
-    return [{"purchase_id": a.purchase_id, "fan_id": p.fan_id, "item_id": p.item_id, "item_name": p.item_name,
+    return [{"purchase_id": a.purchase_id, "fan_id": None if p.anonymous else p.fan_id, "anonymous": p.anonymous,
+             "item_id": p.item_id, "item_name": p.item_name,
              "status": "waiting" if a.status == "pending" else "playing", "position": i,
              "starts_at": a.starts_at, "ends_at": a.ends_at,
              "duration_seconds": (a.ends_at - a.starts_at).total_seconds()} for i, (a, p) in enumerate(rows)]
@@ -245,9 +247,12 @@ def timeline_stats(session, now=None) -> dict:
 
 def _toy_event(session, row: LovenseActivation) -> None:
     """The outbox event of a buzz's outcome (models/outbox.py TOY_EVENTS), in the transaction that records it."""
-    fan_id = session.scalar(select(Purchase.fan_id).where(Purchase.id == row.purchase_id))
+    fan_id, anonymous = session.execute(
+        select(Purchase.fan_id, Purchase.anonymous).where(Purchase.id == row.purchase_id)).one()
+    # `anonymous` lets the model's stream blank the fan, as for the purchase's own events (web/events.py).
     emit(session, TOY_EVENTS[row.status], model_id=row.model_id, fan_id=fan_id, purchase_id=row.purchase_id,
-         status=row.status, reason=row.last_error, starts_at=row.starts_at, ends_at=row.ends_at)
+         status=row.status, reason=row.last_error, starts_at=row.starts_at, ends_at=row.ends_at,
+         anonymous=bool(anonymous))
 
 
 def _lease(settings) -> float:
