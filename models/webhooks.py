@@ -6,35 +6,34 @@ never numbered without its deliveries. A delivery is `pending` until an attempt 
 retry period ends (`dead`); an admin may replay any delivery, which makes it `pending` again.
 
 Delivery (`deliver_due`, run by the task perfmenu.deliver_webhooks on the `webhooks` queue) goes endpoint by
-endpoint: one run at a time per endpoint (a Redis lock), its due deliveries in event order, one HTTP call at a
-time with no database transaction open. The first failure ends the run and the endpoint backs off (a Redis key
-that lives as long as the failed delivery's retry delay), so a dead endpoint costs one timeout per round, not one
-per event, and never holds a thread that another endpoint needs for long. Redis only saves work here: a lost lock
-or backoff key costs at most an extra attempt, and beat's dispatch finds every due delivery in the database.
+endpoint: one run at a time per endpoint (a Redis lock that outlives one attempt), its due deliveries in event
+order, one HTTP call at a time with no database transaction open, each within WEBHOOK_TIMEOUT_SECONDS in all.
+A delivery that fails gets its own retry time (exponential backoff) and the run goes on with the later events, so
+one refused event holds back nothing. A failure with no answer (timeout, refused connection) ends the run and the
+endpoint backs off (a Redis key, at most MAX_ENDPOINT_BACKOFF_SECONDS), so an unreachable endpoint costs one
+timeout per round, not one per event, and never holds a process that another endpoint needs. Redis only saves
+work here: a lost lock or backoff key costs at most an extra attempt, and beat's dispatch finds every due
+delivery in the database.
 
-Every outgoing URL is checked before each attempt (`check_url`): http(s), and every address its host resolves to
-public, unless the operator allows it (WEBHOOK_ALLOWED_NETWORKS)."""
+Every outgoing URL is checked before each attempt, and the attempt connects to the address checked
+(models/services/webhook_http.py): http(s), and every address its host resolves to public, unless the operator
+allows it (WEBHOOK_ALLOWED_NETWORKS)."""
 from __future__ import annotations
 
 import base64
 import binascii
 import hashlib
 import hmac
-import http.cookiejar
-import ipaddress
 import json
 import logging
 import random
 import secrets
-import socket
-import threading
 import time
 import uuid
 from dataclasses import dataclass
+from http.client import HTTPException
 from datetime import datetime, timedelta
-from urllib.parse import urlsplit
 
-import requests
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -52,8 +51,10 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.orm import Mapped, mapped_column
+from urllib3.exceptions import HTTPError
 
 from .db import Base
+from .services.webhook_http import INVALID_URL, REFUSED_ADDRESS, AttemptTimedOut, UrlRefused, post, resolve
 from .outbox import OutboxEvent
 from .types import UTCDateTime, str_enum, utcnow
 
@@ -66,10 +67,10 @@ USER_AGENT = "perfmenu-webhooks"
 BATCH = 20  # deliveries read per query in a run
 MAX_RUN_SECONDS = 10  # a run then ends and queues the next one: a busy endpoint gives its thread to others in turn
 MAX_BACKOFF_SECONDS = 3600
-LOCK_MARGIN_SECONDS = 5  # the lock outlives one attempt (connect + read timeouts) by this much
+MAX_ENDPOINT_BACKOFF_SECONDS = 60  # an unreachable endpoint is tried again at least this often
+LOCK_MARGIN_SECONDS = 5  # the lock outlives one attempt (its total deadline) by this much
 MAX_REPLAY = 10_000  # events in one replayed range
 MAX_ANSWER_BYTES = 64 * 1024  # of an answer's body read (so its connection can be reused); a longer one is dropped
-REFUSED_ADDRESS = "refused_address"
 
 
 class WebhookEndpoint(Base):
@@ -135,45 +136,9 @@ def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
 
 # --- the outgoing address check --------------------------------------------------------------------------------
 
-class UrlRefused(ValueError):
-    """A webhook URL we will not call; `code` is what a delivery attempt records."""
-
-    def __init__(self, message: str, code: str = REFUSED_ADDRESS):
-        super().__init__(message)
-        self.code = code
-
-
-def _not_public(ip) -> bool:
-    return (ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_multicast or ip.is_reserved
-            or ip.is_unspecified or not ip.is_global)
-
-
 def check_url(url: str, allowed_networks=()) -> None:
-    """Refuse (UrlRefused) a URL that is not http(s) with a host, whose host does not resolve, or that resolves to
-    any private, loopback, link-local, multicast, reserved or unspecified address outside `allowed_networks`
-    (settings.webhook_allowed_networks). Every address counts: a name with one public and one private address
-    is refused, since either may be the one connected to."""
-    if any(c.isspace() or not c.isprintable() for c in url):
-        raise UrlRefused("The URL must not hold spaces or control characters", "invalid_url")
-    try:
-        parts = urlsplit(url)
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-    except ValueError:
-        raise UrlRefused("The URL cannot be parsed", "invalid_url") from None
-    host = parts.hostname
-    if parts.scheme not in ("http", "https") or not host:
-        raise UrlRefused("The URL must be http:// or https:// with a host", "invalid_url")
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (OSError, UnicodeError, ValueError):
-        raise UrlRefused(f"The host {host} does not resolve", "connection_error") from None
-    allowed = [ipaddress.ip_network(n, strict=False) for n in allowed_networks]
-    for info in infos:
-        ip = ipaddress.ip_address(info[4][0].split("%")[0])  # an IPv6 link-local address carries a scope
-        if ip.version == 6 and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        if _not_public(ip) and not any(ip in network for network in allowed):
-            raise UrlRefused(f"The host {host} resolves to {ip}, which is not a public address")
+    """Refuse (UrlRefused) a URL we would not call (webhook_http.resolve says why)."""
+    resolve(url, allowed_networks)
 
 
 # --- the relay's side ------------------------------------------------------------------------------------------
@@ -206,7 +171,7 @@ def _key(kind: str, endpoint_id) -> str:
 
 
 def lock_seconds(settings) -> float:
-    return 2 * settings.webhook_timeout_seconds + LOCK_MARGIN_SECONDS
+    return settings.webhook_timeout_seconds + LOCK_MARGIN_SECONDS
 
 
 def acquire_lock(redis, endpoint_id, ttl_seconds: float) -> str | None:
@@ -266,29 +231,13 @@ class Attempt:
 
 @dataclass(frozen=True)
 class Run:
-    """How a run of an endpoint's loop ended: idle (nothing due), failed (the endpoint backs off `retry_in`
-    seconds), more (its time was up), busy (another run holds the lock), backing_off, disabled, lost_lock."""
+    """How a run of an endpoint's loop ended: idle (nothing due; `retry_in`: the soonest retry of an event
+    refused in this run), failed (no answer: the endpoint backs off `retry_in` seconds), more (its time was up),
+    busy (another run holds the lock), backing_off, disabled, lost_lock."""
 
     outcome: str
     delivered: int = 0
     retry_in: float | None = None
-
-
-_http_session = None
-_http_lock = threading.Lock()
-
-
-def http_session() -> requests.Session:
-    """One session per process (its connection pools are thread-safe). No proxies or .netrc from the environment
-    (the address check must see where we connect) and no cookies (each endpoint gets only what we send)."""
-    global _http_session
-    with _http_lock:
-        if _http_session is None:
-            session = requests.Session()
-            session.trust_env = False
-            session.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
-            _http_session = session
-        return _http_session
 
 
 def message_body(event: OutboxEvent) -> bytes:
@@ -297,10 +246,10 @@ def message_body(event: OutboxEvent) -> bytes:
 
 
 def send(settings, url: str, secret: str, msg_id: str, body: bytes) -> Attempt:
-    """POST one event: the address checked again first (DNS may have changed), Standard Webhooks headers, no
-    redirect followed (a 3xx is a failure), at most a short answer read."""
+    """POST one event: the address checked again first (DNS may have changed) and connected to, Standard
+    Webhooks headers, no redirect followed (a 3xx is a failure), at most a short answer read."""
     try:
-        check_url(url, settings.webhook_allowed_networks)
+        target = resolve(url, settings.webhook_allowed_networks)
     except UrlRefused as exc:
         return Attempt(error=exc.code)
     timestamp = int(time.time())
@@ -311,15 +260,11 @@ def send(settings, url: str, secret: str, msg_id: str, body: bytes) -> Attempt:
         "content-type": "application/json",
         "user-agent": USER_AGENT,
     }
-    timeout = settings.webhook_timeout_seconds
     try:
-        with http_session().post(url, data=body, headers=headers, timeout=(timeout, timeout),
-                                 allow_redirects=False, stream=True) as response:
-            status = response.status_code
-            _read_a_little(response, time.monotonic() + timeout)
-    except requests.Timeout:
+        status = post(target, headers, body, settings.webhook_timeout_seconds, MAX_ANSWER_BYTES)
+    except AttemptTimedOut:
         return Attempt(error="timeout")
-    except requests.RequestException:
+    except (OSError, HTTPError, HTTPException):
         return Attempt(error="connection_error")
     except Exception:  # whatever it was, the attempt failed and is recorded: the loop must move on
         log.exception("webhook attempt failed unexpectedly")
@@ -327,20 +272,6 @@ def send(settings, url: str, secret: str, msg_id: str, body: bytes) -> Attempt:
     if 200 <= status < 300:
         return Attempt(status)
     return Attempt(status, f"http_{status}")
-
-
-def _read_a_little(response, deadline: float) -> None:
-    """Read a short answer to its end, so its connection goes back to the pool for the next attempt; stop (and
-    the connection is closed) at MAX_ANSWER_BYTES or the deadline. The status is known by now: what the body
-    does changes nothing."""
-    read = 0
-    try:
-        for chunk in response.iter_content(8192):
-            read += len(chunk)
-            if read > MAX_ANSWER_BYTES or time.monotonic() > deadline:
-                return
-    except requests.RequestException:
-        pass
 
 
 def retry_delay(base_seconds: float, attempts: int, rng=random) -> float:
@@ -400,9 +331,9 @@ def mark_overdue_dead(session, settings, now: datetime | None = None) -> int:
 
 
 def record(session, settings, delivery_id: int, attempt: Attempt, now: datetime) -> float | None:
-    """Write an attempt's outcome on its delivery (locked). Returns None when delivered, else the seconds the
-    endpoint waits before its next attempt: the delivery's retry delay, cut at its retry deadline, where it
-    gets its last attempt and after which a failure makes it dead."""
+    """Write an attempt's outcome on its delivery (locked). Returns None when delivered, else the seconds until
+    the delivery's next attempt: its retry delay, cut at its retry deadline, where it gets its last attempt and
+    after which a failure makes it dead."""
     delivery = session.get(WebhookDelivery, delivery_id, with_for_update=True)
     delivery.attempts += 1
     delivery.last_attempt_at = now
@@ -441,7 +372,7 @@ def deliver_due(runtime, endpoint_id) -> Run:
 def _deliver(runtime, endpoint_id, token: str, ttl: float) -> Run:
     redis, settings = runtime.redis, runtime.settings
     started = time.monotonic()
-    delivered = 0
+    delivered, retry_in = 0, None
     while True:
         with runtime.session_scope() as session:
             endpoint = session.get(WebhookEndpoint, endpoint_id)
@@ -451,7 +382,7 @@ def _deliver(runtime, endpoint_id, token: str, ttl: float) -> Run:
             batch = [(d.id, str(e.seq), message_body(e)) for d, e in due(session, endpoint_id, utcnow())]
         # The session is closed here: no transaction stays open during the HTTP calls.
         if not batch:
-            return Run("idle", delivered)
+            return Run("idle", delivered, retry_in)
         for delivery_id, msg_id, body in batch:
             if time.monotonic() - started >= MAX_RUN_SECONDS:
                 return Run("more", delivered)
@@ -461,12 +392,16 @@ def _deliver(runtime, endpoint_id, token: str, ttl: float) -> Run:
             with runtime.session_scope() as session:
                 wait = record(session, settings, delivery_id, attempt, utcnow())
                 session.commit()
-            if not attempt.ok:
-                log.info("webhook attempt failed", extra={"endpoint_id": str(endpoint_id), "event_id": msg_id,
-                                                          "error": attempt.error, "retry_in": round(wait, 3)})
+            if attempt.ok:
+                delivered += 1
+                continue
+            log.info("webhook attempt failed", extra={"endpoint_id": str(endpoint_id), "event_id": msg_id,
+                                                      "error": attempt.error, "retry_in": round(wait, 3)})
+            retry_in = wait if retry_in is None else min(retry_in, wait)
+            if attempt.status_code is None:  # no answer: the endpoint is unreachable, not this event refused
+                wait = min(wait, MAX_ENDPOINT_BACKOFF_SECONDS)
                 back_off(redis, endpoint_id, wait)
                 return Run("failed", delivered, wait)
-            delivered += 1
 
 
 # --- an admin's replay -----------------------------------------------------------------------------------------

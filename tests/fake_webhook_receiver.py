@@ -2,7 +2,8 @@
 
 It records every request (headers, raw body, arrival time, the client's address, which tells connections apart)
 and answers from a script: each queued reply is used once, then the default reply. A reply is (http_status,
-delay_seconds); a long delay makes it hang (until `release` or `stop`). Like a careful receiver it processes an
+delay_seconds) or (http_status, delay_seconds, drip_seconds); a long delay makes it hang (until `release` or
+`stop`); a drip sends the answer one byte every drip_seconds, which no per-read timeout ends. Like a careful receiver it processes an
 event at most once: a request whose reply is a 2xx is processed when it arrives, before any delay (so an answer
 lost to a timeout or a crash is still processed), and a `webhook-id` seen before is a duplicate, counted and not
 processed again."""
@@ -22,16 +23,17 @@ OK = (200, 0)
 
 
 class FakeWebhookReceiver(LocalServer):
-    def __init__(self):
+    def __init__(self, address=("127.0.0.1", 0)):
         self.requests: list[dict] = []
         self.processed: list[dict] = []  # the events processed, once each, in arrival order
         self.duplicates: list[str] = []  # webhook-ids received again after being processed
         self._seen: set[str] = set()
         self._script: list[tuple] = []
+        self._by_type: dict[str, list[tuple]] = {}  # replies for one event type, used before the script
         self._default = OK
         self._lock = threading.Lock()
         self._released = threading.Event()
-        super().__init__(self._handler())
+        super().__init__(self._handler(), address)
 
     @property
     def url(self) -> str:
@@ -41,10 +43,14 @@ class FakeWebhookReceiver(LocalServer):
         self._released.set()
         super().stop()
 
-    def script(self, *replies, default=None):
-        """Answer the next requests with `replies` in order, then with `default` (or the current default)."""
+    def script(self, *replies, default=None, event_type=None):
+        """Answer the next requests with `replies` in order, then with `default` (or the current default); with
+        `event_type`, the next requests carrying an event of that type only."""
         with self._lock:
-            self._script = list(replies)
+            if event_type is not None:
+                self._by_type[event_type] = list(replies)
+            else:
+                self._script = list(replies)
             if default is not None:
                 self._default = default
 
@@ -75,20 +81,23 @@ class FakeWebhookReceiver(LocalServer):
         return any(hmac.compare_digest(part.removeprefix("v1,"), expected)
                    for part in headers["webhook-signature"].split() if part.startswith("v1,"))
 
-    def _next(self):
+    def _next(self, event_type):
         with self._lock:
+            for_type = self._by_type.get(event_type)
+            if for_type:
+                return for_type.pop(0)
             return self._script.pop(0) if self._script else self._default
 
     def _receive(self, handler) -> tuple:
         raw = handler.rfile.read(int(handler.headers.get("Content-Length") or 0))
-        status, delay = self._next()
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = None
+        status, delay, *drip = self._next((body or {}).get("type") if isinstance(body, dict) else None)
         headers = {k.lower(): v for k, v in handler.headers.items()}
         request = {"at": time.time(), "path": handler.path, "headers": headers, "body": raw, "status": status,
-                   "connection": handler.client_address}
-        try:
-            request["json"] = json.loads(raw)
-        except ValueError:
-            request["json"] = None
+                   "connection": handler.client_address, "json": body}
         msg_id = request["headers"].get("webhook-id")
         with self._lock:
             self.requests.append(request)
@@ -99,7 +108,7 @@ class FakeWebhookReceiver(LocalServer):
                     self._seen.add(msg_id)
                     self.processed.append({"id": msg_id, "type": (request["json"] or {}).get("type"),
                                            "at": request["at"]})
-        return status, delay
+        return status, delay, (drip or [0])[0]
 
     def _handler(self):
         receiver = self
@@ -108,18 +117,26 @@ class FakeWebhookReceiver(LocalServer):
             protocol_version = "HTTP/1.1"  # keep-alive, as a real receiver: the sender may reuse its connection
 
             def do_POST(self):
-                status, delay = receiver._receive(self)
+                try:
+                    self._answer(*receiver._receive(self))
+                except OSError:
+                    pass  # the sender gave up (timeout) or died
+
+            def _answer(self, status, delay, drip):
                 if delay:
                     receiver._released.wait(delay)
                 body = b'{"ok": true}'
-                try:
-                    self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(body)))
-                    self.end_headers()
-                    self.wfile.write(body)
-                except OSError:
-                    pass  # the sender gave up (timeout) or died
+                answer = (f"HTTP/1.1 {status} OK\r\nContent-Type: application/json\r\n"
+                          f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+                if not drip:
+                    self.wfile.write(answer)
+                    return
+                self.close_connection = True
+                for i in range(len(answer)):
+                    if receiver._released.wait(drip):
+                        return
+                    self.wfile.write(answer[i:i + 1])
+                    self.wfile.flush()
 
             def log_message(self, *_args):
                 pass

@@ -6,8 +6,8 @@ from http.server import ThreadingHTTPServer
 
 
 class LocalServer:
-    def __init__(self, handler_class):
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler_class)
+    def __init__(self, handler_class, address=("127.0.0.1", 0)):
+        self._server = ThreadingHTTPServer(address, handler_class)
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 

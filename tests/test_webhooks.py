@@ -12,6 +12,8 @@ import json
 import time
 import uuid
 
+import socket
+
 import pytest
 from conftest import SETTINGS, WebhookWorkerProcess, make_settings, new_session
 from fake_webhook_receiver import FakeWebhookReceiver
@@ -26,6 +28,7 @@ from models.webhooks import (
     check_url,
     new_secret,
     retry_delay,
+    send,
     valid_secret,
 )
 from web import create_app
@@ -183,10 +186,11 @@ def test_a_purchase_reaches_the_endpoint_signed_in_order(client, factory, receiv
 def test_failures_are_retried_with_growing_delays_and_the_receiver_dedupes(client, factory, receivers,
                                                                           webhook_workers):
     """Two 500s, then an answer that comes after our timeout (the receiver processed the event, we could not
-    know), then a 200 for the same webhook-id: processed once. The other event waits behind the failing one."""
+    know), then a 200 for the same webhook-id: processed once. The later event does not wait behind the failing
+    one (issue 28, item 10): it is delivered at once, while the first waits for its retries."""
     webhook_workers(WEBHOOK_TIMEOUT_SECONDS="1")
     receiver = receivers()
-    receiver.script((500, 0), (500, 0), (200, 1.5))
+    receiver.script((500, 0), (500, 0), (200, 1.5), event_type="purchase.accepted")
     admin = factory.headers(factory.user("admin"))
     endpoint = register(client, admin, receiver.url, event_types=["purchase.accepted", "purchase.completed"])
     fan, menu = shop(factory)
@@ -194,10 +198,12 @@ def test_failures_are_retried_with_growing_delays_and_the_receiver_dedupes(clien
     purchase_id = buy(client, factory, fan, menu)
     first, second = numbered(purchase_id, 2)
     wait_until(lambda: statuses(endpoint["id"]) == ["delivered", "delivered"], 20, "not delivered")
-    assert receiver.ids() == [first.seq, second.seq]
+    assert receiver.ids() == [second.seq, first.seq]
     assert receiver.duplicates == [str(first.seq)]
+    second_at = next(r["at"] for r in receiver.requests if r["headers"]["webhook-id"] == str(second.seq))
     attempts = [r for r in receiver.requests if r["headers"]["webhook-id"] == str(first.seq)]
     assert [r["status"] for r in attempts] == [500, 500, 200, 200]
+    assert second_at < attempts[1]["at"]
     gaps = [b["at"] - a["at"] for a, b in zip(attempts, attempts[1:])]
     # Equal jitter: at least half of 0.2 * 2^(n-1) s after each failure (the third also waited out the timeout).
     assert gaps[0] >= 0.1 and gaps[1] >= 0.2 and gaps[2] >= 1 + 0.4, gaps
@@ -302,7 +308,9 @@ def test_private_and_loopback_urls_are_refused(factory, receivers, webhook_worke
     client = strict.test_client()
     admin = factory.headers(factory.user("admin"))
     for url in ("http://127.0.0.1:9/", "http://10.0.0.1/hook", "http://localhost/", "http://[::1]/",
-                "http://169.254.169.254/latest/meta-data/", "http://0.0.0.0/", "http://2130706433/"):
+                "http://169.254.169.254/latest/meta-data/", "http://0.0.0.0/", "http://2130706433/",
+                "http://127.0.0.1:18402\\@1.1.1.1/../hook/ok", "http://169.254.169.254\\@1.1.1.1/",
+                "http://[2002:a9fe:a9fe::]/", "http://[2002:7f00:1::]/"):
         r = client.post("/admin/webhooks", json={"url": url}, headers=admin)
         assert r.status_code == 422 and r.json["error"]["code"] == "webhook_url_refused", (url, r.json)
     for url in ("ftp://example.com/hook", "file:///etc/passwd", "http:///nohost", "example.com/hook",
@@ -437,8 +445,73 @@ def test_url_rules():
         with pytest.raises(UrlRefused) as refused:
             check_url(url, ["10.0.0.0/8"])
         assert refused.value.code == "refused_address", url
+    # Issue 28, item 11: IPv6 forms that carry a private IPv4 address (6to4, NAT64, Teredo).
+    for url in ("http://[2002:a9fe:a9fe::]/", "http://[2002:7f00:1::]/", "http://[64:ff9b::7f00:1]/",
+                "http://[64:ff9b::a9fe:a9fe]/", "http://[2001:0:4136:e378:8000:63bf:80ff:fffe]/"):
+        with pytest.raises(UrlRefused) as refused:
+            check_url(url, ["10.0.0.0/8"])
+        assert refused.value.code == "refused_address", url
+    # Issue 28, item 1: forms that parsers read differently (a backslash ends urllib3's authority, not
+    # urlsplit's), and user info, are refused whatever host either parser sees.
     for url in ("ftp://8.8.8.8/", "http://", "//8.8.8.8/", "http://8.8.8.8:99999/", "http://8.8.8.8/\n",
-                "http://[::1/"):
+                "http://[::1/", "http://127.0.0.1:18402\\@1.1.1.1/../hook/ok", "http://10.0.0.1:6379\\@8.8.8.8/",
+                "http://8.8.8.8\\@8.8.4.4/", "http://user:pw@8.8.8.8/", "http://8.8.8.8@127.0.0.1/"):
         with pytest.raises(UrlRefused) as refused:
             check_url(url)
         assert refused.value.code == "invalid_url", url
+
+
+def test_an_attempt_connects_to_the_address_it_checked(monkeypatch, receivers):
+    """Issue 28, item 4 (DNS rebinding): the name's first answer (allowed) is the address connected to; a second
+    resolution, which here would answer another address, is never made."""
+    allowed = receivers()
+    port = allowed._server.server_address[1]
+    other = FakeWebhookReceiver(("127.0.0.2", port)).start()
+    answers = iter([["127.0.0.1"], ["127.0.0.2"], ["127.0.0.2"]])
+    real = socket.getaddrinfo
+
+    def rebinding_dns(host, *args, **kwargs):  # a name server whose answer changes at each question
+        if host != "rebind.test":
+            return real(host, *args, **kwargs)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, port)) for address in next(answers)]
+
+    monkeypatch.setattr(socket, "getaddrinfo", rebinding_dns)
+    try:
+        settings = make_settings(webhook_allowed_networks=("127.0.0.1/32",))
+        attempt = send(settings, f"http://rebind.test:{port}/hooks", new_secret(), "1", b"{}")
+        assert attempt.ok and len(allowed.requests) == 1 and other.requests == []
+        assert allowed.requests[0]["headers"]["host"] == f"rebind.test:{port}"
+        # The next attempt asks again, gets the other address, and refuses it without connecting.
+        assert send(settings, f"http://rebind.test:{port}/hooks", new_secret(), "2", b"{}").error == "refused_address"
+        assert other.requests == []
+    finally:
+        other.stop()
+
+
+def test_a_dripping_endpoint_is_cut_at_its_deadline_and_holds_back_no_other(client, factory, receivers,
+                                                                            webhook_workers):
+    """Issue 28, item 3: a receiver that answers one byte a second (no read ever times out) gets one attempt at
+    a time, each ended at WEBHOOK_TIMEOUT_SECONDS in all; a healthy endpoint's events arrive within 2 s of their
+    commit meanwhile."""
+    webhook_workers(WEBHOOK_TIMEOUT_SECONDS="2")
+    dripping, healthy = receivers(), receivers()
+    dripping.script(default=(200, 0, 1.0))
+    admin = factory.headers(factory.user("admin"))
+    fan, menu = shop(factory)
+    dripping_endpoint = register(client, admin, dripping.url)
+    register(client, admin, healthy.url)
+
+    for _ in range(3):
+        purchase_id = buy(client, factory, fan, menu)
+        events = numbered(purchase_id, 2)
+        assert healthy.wait_for(lambda: set(healthy.ids()) >= {e.seq for e in events}, 5), healthy.requests
+        for event in events:
+            arrived = next(p["at"] for p in healthy.processed if int(p["id"]) == event.seq)
+            assert arrived - event.occurred_at.timestamp() < 2.0
+        time.sleep(1)
+    wait_until(lambda: any(d.last_error == "timeout" for d in deliveries(dripping_endpoint["id"])), 10,
+               "the dripping attempt was not cut")
+    starts = [r["at"] for r in dripping.requests]
+    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    # One attempt at a time, each cut at 2 s and followed by a short backoff (WEBHOOK_BACKOFF_SECONDS=0.2).
+    assert gaps and all(1.9 <= gap < 2 + 1.5 for gap in gaps), gaps

@@ -393,8 +393,8 @@ def request_webhook_delivery(endpoint_id) -> None:
 
 @celery.task(name="perfmenu.deliver_webhooks")
 def deliver_webhooks(endpoint_id) -> dict:
-    """One run of the endpoint's delivery loop (models/webhooks.deliver_due), then what follows it: a failure
-    retried soon gets a run with a countdown; a run whose time was up, or that went idle while a delivery came
+    """One run of the endpoint's delivery loop (models/webhooks.deliver_due), then what follows it: a retry
+    due soon (an unreachable endpoint's, or an event's it refused) gets a run with a countdown; a run whose time was up, or that went idle while a delivery came
     due (its request found the lock taken), asks for the next. Returns the run's outcome for Flower."""
     rt = runtime()
     endpoint_id = uuid.UUID(str(endpoint_id))
@@ -403,16 +403,16 @@ def deliver_webhooks(endpoint_id) -> dict:
     except Exception:
         log.exception("webhook run flag not cleared")  # it expires on its own
     run = webhooks.deliver_due(rt, endpoint_id)
-    if run.outcome == "failed":
+    if run.outcome == "more" or run.outcome == "idle" and _webhook_due(rt, endpoint_id):
+        request_webhook_delivery(endpoint_id)
+    elif run.retry_in is not None and run.retry_in <= FOLLOW_UP_MAX_SECONDS:
         # Embedded mode runs tasks inline and ignores a countdown: its retries wait for the next event.
-        if run.retry_in <= FOLLOW_UP_MAX_SECONDS and not celery.conf.task_always_eager:
+        if not celery.conf.task_always_eager:
             try:
                 deliver_webhooks.apply_async(args=[str(endpoint_id)],
                                              countdown=run.retry_in + FOLLOW_UP_SLACK_SECONDS)
             except Exception:
                 log.exception("webhook retry not scheduled", extra={"endpoint_id": str(endpoint_id)})
-    elif run.outcome == "more" or run.outcome == "idle" and _webhook_due(rt, endpoint_id):
-        request_webhook_delivery(endpoint_id)
     return {"outcome": run.outcome, "delivered": run.delivered}
 
 
