@@ -199,6 +199,8 @@ class Settings:
     queue_reconcile_interval_seconds: int = 300
     activation_sweep_interval_seconds: int = 60
     timeline_sweep_interval_seconds: int = 5  # a toy timeline whose next task was lost waits at most about this
+    # A worker whose queues hold messages while it has taken none for this long exits (worker/liveness.py); 0: off.
+    worker_stall_seconds: int = 120
     # If set, GET /metrics requires `Authorization: Bearer <METRICS_TOKEN>`.
     metrics_token: str = field(default="", repr=False)
     log_level: str = "INFO"
@@ -336,6 +338,7 @@ class Settings:
                                                         d["activation_sweep_interval_seconds"]),
             timeline_sweep_interval_seconds=_positive(env, "TIMELINE_SWEEP_INTERVAL_SECONDS",
                                                       d["timeline_sweep_interval_seconds"]),
+            worker_stall_seconds=_number(env, "WORKER_STALL_SECONDS", d["worker_stall_seconds"]),
             metrics_token=env.get("METRICS_TOKEN") or "",
             log_level=(env.get("LOG_LEVEL") or d["log_level"]).upper(),
             trusted_proxies=_number(env, "TRUSTED_PROXIES", d["trusted_proxies"]),

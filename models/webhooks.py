@@ -16,7 +16,7 @@ work here: a lost lock or backoff key costs at most an extra attempt, and beat's
 delivery in the database.
 
 Every outgoing URL is checked before each attempt, and the attempt connects to the address checked
-(models/services/webhook_http.py): http(s), and every address its host resolves to public, unless the operator
+(models/infra/webhook_http.py): http(s), and every address its host resolves to public, unless the operator
 allows it (WEBHOOK_ALLOWED_NETWORKS)."""
 from __future__ import annotations
 
@@ -45,6 +45,7 @@ from sqlalchemy import (
     UniqueConstraint,
     and_,
     exists,
+    func,
     insert,
     literal,
     select,
@@ -54,7 +55,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from urllib3.exceptions import HTTPError
 
 from .db import Base
-from .services.webhook_http import INVALID_URL, REFUSED_ADDRESS, AttemptTimedOut, UrlRefused, post, resolve
+from .infra.webhook_http import AttemptTimedOut, UrlRefused, post, resolve
 from .outbox import OutboxEvent
 from .types import UTCDateTime, str_enum, utcnow
 
@@ -316,6 +317,17 @@ def due_endpoints(session, now: datetime | None = None) -> list[uuid.UUID]:
         .join(WebhookEndpoint, WebhookEndpoint.id == WebhookDelivery.endpoint_id)
         .where(_due_where(now or utcnow())).distinct()
     ))
+
+
+def backlog_stats(session, now: datetime | None = None) -> dict:
+    """For the metrics and the bank test: pending deliveries of active endpoints, and how long the most overdue
+    one has been due (seconds past its next attempt time; 0 if none is due). A growing lag means the endpoints
+    get events more slowly than they come (one attempt at a time per endpoint) or no webhooks worker consumes."""
+    now = now or utcnow()
+    active = select(WebhookDelivery).join(WebhookEndpoint, WebhookEndpoint.id == WebhookDelivery.endpoint_id)\
+        .where(WebhookDelivery.status == "pending", WebhookEndpoint.is_active).subquery()
+    pending, oldest = session.execute(select(func.count(), func.min(active.c.next_attempt_at))).one()
+    return {"pending": pending, "lag": max(0.0, (now - oldest).total_seconds()) if oldest is not None else 0.0}
 
 
 def mark_overdue_dead(session, settings, now: datetime | None = None) -> int:

@@ -26,7 +26,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from datetime import datetime
+from datetime import datetime, timezone
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,7 +35,7 @@ from conftest import subprocess_env
 from fake_lovense import FakeLovense, hang, http_status
 from fake_webhook_receiver import FakeWebhookReceiver
 from processes import ROOT, PostgresCluster, ProcessGroup, children_of, free_port, wait_http, wait_port
-from sqlalchemy import func, select, text
+from sqlalchemy import and_, func, select, text
 from sqlalchemy.orm import sessionmaker
 
 from models.db import make_engine
@@ -108,6 +108,8 @@ class Report:
     webhooks: int = 0  # events the webhook receiver processed (once each)
     webhook_duplicates: int = 0  # deliveries it received again and skipped by their webhook-id
     worker_exits: int = 0  # Celery workers that exited on their own (a broker restart can do that: README)
+    lags_max: dict = field(default_factory=dict)  # the most overdue webhook delivery and toy slot, during the run
+    lags_end: dict = field(default_factory=dict)  # the same after the quiet period: 0 when everything is done
     seconds: float = 0.0
 
     def line(self) -> str:
@@ -116,7 +118,8 @@ class Report:
     def details(self) -> str:
         return (f"accepted rows: {self.accepted}; states: {dict(self.statuses)}; "
                 f"toy activations: {dict(self.activations)}, toy plays: {self.plays}; webhooks: {self.webhooks} events, "
-                f"{self.webhook_duplicates} duplicates skipped; workers that exited on their own: {self.worker_exits}; responses: {dict(self.responses)}; "
+                f"{self.webhook_duplicates} duplicates skipped; workers that exited on their own: {self.worker_exits}; "
+                f"backlog lags (s) at most {self.lags_max}, at the end {self.lags_end}; responses: {dict(self.responses)}; "
                 f"faults: {dict(self.faults)}; {self.seconds:.0f} s")
 
 
@@ -163,6 +166,9 @@ class Cluster:
         self.webhook_worker = self._process("webhooks", [  # the Procfile's `webhooks` line
             sys.executable, "-m", "celery", "-A", "worker.main", "worker", "-Q", "webhooks", "--concurrency", "2", "--loglevel", "INFO", "-n", f"bank-webhooks-{uuid.uuid4().hex[:6]}@%h",
             "--without-gossip", "--without-mingle"], env)
+        self.beat = self._process("beat", [  # the Procfile's `beat` line: sweeps, relay and dispatch on its clock
+            sys.executable, "-m", "celery", "-A", "worker.main", "beat", "--loglevel", "WARNING", "--schedule",
+            os.path.join(self.log_dir, "celerybeat-schedule")], env)
         self.base_url = f"http://127.0.0.1:{self.web_port}"
 
     def _process(self, name, argv, env) -> ProcessGroup:
@@ -185,7 +191,7 @@ class Cluster:
         self.redis.start()
         wait_port(self.redis_port)
         self.web.start()
-        for w in [*self.workers, self.webhook_worker]:
+        for w in self.celery_processes():
             w.start()
         try:
             wait_http(self.base_url + "/healthz", 120, self.web)
@@ -196,12 +202,26 @@ class Cluster:
     def new_session(self):
         return self._sessions()
 
+    def celery_processes(self) -> list[ProcessGroup]:
+        return [*self.workers, self.webhook_worker, self.beat]
+
+    def lags(self) -> dict[str, float]:
+        """The operator's backlog figures from /metrics: how overdue the most overdue webhook delivery and toy
+        slot are (docs/architecture.md, "Liveness"); empty if the scrape failed (a fault)."""
+        try:
+            text = requests.get(self.base_url + "/metrics", timeout=10).text
+        except requests.RequestException:
+            return {}
+        wanted = {"perfmenu_webhook_lag_seconds": "webhooks", "perfmenu_lovense_timeline_lag_seconds": "toys"}
+        return {wanted[name]: float(v) for name, v in (line.split(" ", 1) for line in text.splitlines()
+                                                        if line.split(" ", 1)[0] in wanted)}
+
     def stop(self):
         """Stop everything; the PostgreSQL cluster's dir goes too (its log is kept in the log dir)."""
         try:
             if self.redis.alive():
                 os.killpg(self.redis.pid, signal.SIGCONT)  # a paused server could not shut down
-            for p in [self.web, *self.workers, self.webhook_worker, self.redis]:
+            for p in [self.web, *self.celery_processes(), self.redis]:
                 p.stop()
             self.lovense.stop()
             self.receiver.stop()
@@ -627,6 +647,8 @@ def run(cfg: Config, log=print) -> Report:
         secret = register_webhook(cluster, shop)
         injector = FaultInjector(cluster, cfg, lambda: sent[0], rng)
         injector.start()
+        sampling = threading.Event()
+        threading.Thread(target=_sample_lags, args=(cluster, report, sampling), daemon=True).start()
         for t in threads:
             t.start()
         for t in threads:
@@ -639,6 +661,10 @@ def run(cfg: Config, log=print) -> Report:
             log(f"fault injection error: {err}")
         log(f"load done in {time.monotonic() - started:.0f} s; quiet period")
         _quiesce(cluster, cfg, log)
+        sampling.set()
+        report.lags_end = cluster.lags()
+        if set(report.lags_end) != {"webhooks", "toys"} or any(report.lags_end.values()):
+            report.anomalies.append(f"backlog lags after the quiet period: {report.lags_end}")
         _check(cluster, report, shop, recorder)
         report.anomalies.extend(webhook_differences(cluster, secret, report))
         report.worker_exits = worker_exits(cluster)
@@ -653,17 +679,30 @@ def run(cfg: Config, log=print) -> Report:
     return report
 
 
-def _pending_count(cluster: Cluster) -> int:
-    """Purchases not settled yet, toy activations not finished yet, events not numbered yet and webhook
-    deliveries not made yet."""
+def _sample_lags(cluster: Cluster, report: Report, stop: threading.Event) -> None:
+    while not stop.wait(2):
+        for name, lag in cluster.lags().items():
+            report.lags_max[name] = max(report.lags_max.get(name, 0.0), round(lag, 1))
+
+
+def _left(cluster: Cluster) -> dict:
+    """What is not done yet: purchases not settled, toy activations pending (due now, and later with the end of
+    the last waiting slot), events not numbered, webhook deliveries not made."""
+    now = datetime.now(tz=timezone.utc)
     s = cluster.new_session()
     try:
-        return (s.scalar(select(func.count()).select_from(Purchase).where(Purchase.status == "pending"))
-                + s.scalar(select(func.count()).select_from(LovenseActivation)
-                           .where(LovenseActivation.status == "pending"))
-                + s.scalar(select(func.count()).select_from(OutboxEvent).where(OutboxEvent.seq.is_(None)))
-                + s.scalar(select(func.count()).select_from(WebhookDelivery)
-                           .where(WebhookDelivery.status == "pending")))
+        pending = LovenseActivation.status == "pending"
+        later = and_(pending, LovenseActivation.starts_at > now)
+        return {
+            "purchases": s.scalar(select(func.count()).select_from(Purchase).where(Purchase.status == "pending")),
+            "toys due": s.scalar(select(func.count()).select_from(LovenseActivation).where(pending)) -
+            s.scalar(select(func.count()).select_from(LovenseActivation).where(later)),
+            "toys later": s.scalar(select(func.count()).select_from(LovenseActivation).where(later)),
+            "last slot ends": s.scalar(select(func.max(LovenseActivation.ends_at)).where(pending)),
+            "events": s.scalar(select(func.count()).select_from(OutboxEvent).where(OutboxEvent.seq.is_(None))),
+            "webhooks": s.scalar(select(func.count()).select_from(WebhookDelivery)
+                                 .where(WebhookDelivery.status == "pending")),
+        }
     finally:
         s.close()
 
@@ -674,14 +713,14 @@ BEAT_JOBS = ("from datetime import timedelta; from models.types import utcnow; i
              "print('swept', settle(), 'refunded', sweep_deadlines(), 'queues', reconcile(), "
              "'relayed', relay(runtime()), 'webhooks', dispatch_webhooks(), "
              "'toys asked again', sweep_activations(utcnow() + timedelta(minutes=1)))")
-
-
-TOY_FRESHNESS_SECONDS = 60  # the settings' default LOVENSE_FRESHNESS_SECONDS, which the bank's cluster uses
-BEAT_EVERY_SECONDS = 10  # the quiet period's beat cadence while work still progresses
+QUIET_CAP_SECONDS = 600  # however much is due, the quiet period ends by then
+SLOT_GRACE_SECONDS = 30  # after the last waiting toy slot's end, its own follow-ups and sweeps have this long
 
 
 def beat_jobs(cluster: Cluster) -> str:
-    """Beat's jobs (pending sweep, escrow deadlines, queue reconciliation), run once in the cluster's setup."""
+    """Beat's jobs once, at once (the beat process runs them on its own clock): the pending sweep, escrow
+    deadlines, queue reconciliation, the relay, webhook dispatch, and the toy sweep with its clock a minute
+    ahead (every pending activation is asked for again, not only the ones past their grace)."""
     out = subprocess.run([sys.executable, "-c", BEAT_JOBS], cwd=ROOT, env=cluster.env, capture_output=True,
                          text=True, timeout=300)
     if out.returncode:
@@ -689,43 +728,40 @@ def beat_jobs(cluster: Cluster) -> str:
     return out.stdout.strip()
 
 
+def _nothing_left(left: dict) -> bool:
+    return not any(v for k, v in left.items() if k != "last slot ends")
+
+
 def _quiesce(cluster: Cluster, cfg: Config, log) -> None:
-    """Every process back up, then wait for the workers; when they stop making progress, run beat's jobs
-    (the pending sweep is the safety net for lost hand-offs and messages: a Redis restart empties the broker)."""
-    for w in [*cluster.workers, cluster.webhook_worker]:
+    """Every process back up, then wait until nothing is left to do, running beat's jobs every few seconds
+    besides the beat process (a Redis restart empties the broker: the sweeps are the safety net for lost
+    hand-offs and tasks). The wait is bounded: `quiet_seconds`, or longer while toy slots are still to play (a
+    model's toy backlog plays in real time), until SLOT_GRACE_SECONDS after the last one ends; never past
+    QUIET_CAP_SECONDS. Says what it waited for, and what was left if it gave up."""
+    for w in cluster.celery_processes():
         if not w.alive():
             w.start()
     if not cluster.redis.alive():
         cluster.restart_redis()
-    deadline = time.monotonic() + cfg.quiet_seconds
-    last, still = _pending_count(cluster), 0
-    swept = time.monotonic()
-    while last and time.monotonic() < deadline:
-        time.sleep(0.5)
-        now = _pending_count(cluster)
-        still = still + 1 if now == last else 0
-        # Beat runs on its own clock, not only when nothing moves: while one model's timeline drains, another's
-        # may have lost its task (a Redis restart empties the broker) and waits for the sweep to be asked again.
-        if still >= 6 or time.monotonic() - swept >= BEAT_EVERY_SECONDS:
-            log("beat: " + beat_jobs(cluster))
-            still, swept = 0, time.monotonic()
-        last = now
-    # Beat keeps running its jobs: a toy activation whose task died with a worker or a Redis restart is
-    # claimed until its lease runs out (about 31 s here), and only then can the sweep's new request take it.
-    # Quiet means: nothing pending, and the last run asked for no toy activation again (one it asks for has no
-    # row until a worker takes its task, so the pending count alone cannot see it). A model's toy backlog plays
-    # in real time, 2 s a slot, until its Queue OFF buzzes are LOVENSE_FRESHNESS_SECONDS late and expire, so it
-    # may need that long on top (a loaded machine showed 6 slots, 12 s of play, still waiting at 90 s).
-    deadline = time.monotonic() + 90 + TOY_FRESHNESS_SECONDS
+    started = time.monotonic()
     while True:
         report = beat_jobs(cluster)
-        log("beat: " + report)
         asked_again = int(report.rsplit("toys asked again", 1)[1])
+        left = _left(cluster)
+        if _nothing_left(left) and not asked_again:
+            log(f"quiet after {time.monotonic() - started:.0f} s")
+            return
+        bound = cfg.quiet_seconds
+        if left["last slot ends"] is not None:
+            to_play = (left["last slot ends"] - datetime.now(tz=timezone.utc)).total_seconds()
+            bound = max(bound, time.monotonic() - started + to_play + SLOT_GRACE_SECONDS)
+        if time.monotonic() - started > min(bound, QUIET_CAP_SECONDS):
+            log(f"gave up waiting after {time.monotonic() - started:.0f} s; left: {left}")
+            return
+        log(f"waiting for {left} (toys asked again: {asked_again}; beat: {report})")
         waited = time.monotonic() + 5
-        while _pending_count(cluster) and time.monotonic() < waited:
+        while not _nothing_left(_left(cluster)) and time.monotonic() < waited:
             time.sleep(0.5)
-        if (not _pending_count(cluster) and not asked_again) or time.monotonic() > deadline:
-            break
 
 
 def queue_differences(cluster: Cluster) -> list[str]:

@@ -16,6 +16,7 @@ from marshmallow import Schema, fields
 from prometheus_client.core import GaugeMetricFamily
 from sqlalchemy import func, select
 
+from models import webhooks
 from models.db import engine_for
 from models.infra import metrics
 from models.infra.logs import request_id_var
@@ -149,6 +150,7 @@ class QueueDepthCollector:
             deepest = session.scalar(select(func.coalesce(func.max(per_model.c.depth), 0)))
             oldest = session.scalar(select(func.min(Purchase.created_at)).where(is_open))
             toys = timeline_stats(session)
+            hooks = webhooks.backlog_stats(session)
         except Exception as exc:  # the database is down: the rest of the scrape still answers
             log.warning("queue depth not collected", extra={"error_type": type(exc).__name__})
             return
@@ -172,6 +174,11 @@ class QueueDepthCollector:
         yield GaugeMetricFamily("perfmenu_lovense_timeline_lag_seconds",
                                 "Seconds the most overdue waiting toy slot is past its start (0: none)",
                                 value=toys["lag"])
+        yield GaugeMetricFamily("perfmenu_webhook_deliveries_pending", "Webhook deliveries not made yet (active "
+                                "endpoints)", value=hooks["pending"])
+        yield GaugeMetricFamily("perfmenu_webhook_lag_seconds",
+                                "Seconds the most overdue webhook delivery is past its due time (0: none)",
+                                value=hooks["lag"])
 
 
 _REQUEST_ID_PREFIX = uuid.uuid4().hex[:16]  # this process's; a fork gets its own (below)

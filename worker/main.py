@@ -6,6 +6,7 @@ settings = settings_or_exit()  # first: a bad setting ends the process with a cl
 
 from models.runtime import Runtime  # noqa: E402
 
+from . import liveness  # noqa: E402,F401  (the consumer watchdog of worker processes)
 from .celery_app import bind_runtime, celery  # noqa: E402
 
 bind_runtime(Runtime(settings))
