@@ -155,3 +155,20 @@ def test_payouts_move_earnings_once_and_never_more_than_is_unpaid(client, shop):
     rows = parse_csv(client.get("/admin/payables?format=csv", headers=shop["admin"]).get_data(as_text=True))
     assert {"model_id": str(model.id), "payable": "30"} in rows
     assert_books_balance()
+
+
+def test_statement_csv_cells_never_start_a_formula(client, factory):
+    """Issue 28, item 5: names a model chose cannot become formula cells in the platform's spreadsheet."""
+    fan, model, admin = factory.user("fan", tokens=1000), factory.user("model"), factory.user("admin")
+    names = ['=HYPERLINK("http://evil.example","x")', "+cmd|' /C calc'!A0", "@SUM(1+1)", "-2+3", "\tTab"]
+    menu = factory.menu(model, name="=1+1", items=[{"name": n, "token_value": 5} for n in names])
+    for item in menu.created_items:
+        buy(client, factory.headers(fan), menu, item)
+    for path, headers in (("/earnings", factory.headers(model)),
+                          (f"/admin/models/{model.id}/earnings", factory.headers(admin))):
+        r = client.get(path, query_string={"format": "csv"}, headers=headers)
+        assert r.status_code == 200, r.json
+        cells = [cell for row in csv.reader(io.StringIO(r.get_data(as_text=True))) for cell in row]
+        assert not [c for c in cells if c[:1] in ("=", "+", "@", "\t")], cells
+        assert not [c for c in cells if c.startswith("-") and not c.lstrip("-").isdigit()], cells
+        assert {"'" + n for n in names} <= set(cells) and "'=1+1" in cells

@@ -197,10 +197,32 @@ def _wants_csv(query) -> bool:
     return request.accept_mimetypes.best_match(["application/json", "text/csv"]) == "text/csv"
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+class SpreadsheetSafeWriter:
+    """csv.writer whose text cells cannot become formulas in a spreadsheet (OWASP's CSV injection advice): a
+    text starting with = + - @ tab or CR gets a leading apostrophe. Menu and item names are the models' text."""
+
+    def __init__(self, out):
+        self._writer = csv.writer(out)
+
+    @staticmethod
+    def cell(value):
+        return "'" + value if isinstance(value, str) and value.startswith(FORMULA_STARTS) else value
+
+    def writerow(self, row):
+        self._writer.writerow([self.cell(v) for v in row])
+
+    def writerows(self, rows):
+        for row in rows:
+            self.writerow(row)
+
+
 def statement_csv(body: dict) -> str:
     """The statement's figure lines as CSV (docstring above)."""
     out = io.StringIO()
-    writer = csv.writer(out)
+    writer = SpreadsheetSafeWriter(out)
     writer.writerow(["section", "key", "name", "menu_id", *FIGURES])
     writer.writerow(["total", "", "", "", *(body["totals"][f] for f in FIGURES)])
     for row in body["by_day"]:
@@ -347,7 +369,7 @@ def list_payables(query):
     rows = payables(db())
     if _wants_csv(query):
         out = io.StringIO()
-        writer = csv.writer(out)
+        writer = SpreadsheetSafeWriter(out)
         writer.writerow(["model_id", "payable"])
         writer.writerows([r["model_id"], r["payable"]] for r in rows)
         return Response(out.getvalue(), content_type="text/csv; charset=utf-8")
