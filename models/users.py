@@ -73,12 +73,18 @@ class UsernameTaken(Exception):
     pass
 
 
+PLATFORM_PREFIX = "platform:"  # the platform users' usernames (platform_username): no local user may take one
+
+
 def create_user(session, username: str, password: str | None, role: str, display_name: str | None = None,
                 external_id: str | None = None) -> User:
     """A user with the accounts their role needs (used by the CLI, the admin API, the demo, the platform's first
-    sign-in and the tests). Without a password (a platform user) nobody can log in as them here."""
+    sign-in and the tests). Without a password (a platform user) nobody can log in as them here. A local user's
+    username never starts with PLATFORM_PREFIX (UsernameTaken): the platform's users own those names."""
     if role not in ROLES:
         raise ValueError("unknown role")
+    if external_id is None and username.startswith(PLATFORM_PREFIX):
+        raise UsernameTaken()
     if session.scalar(select(User.id).where(User.username == username)) is not None:
         raise UsernameTaken()
     user = User(username=username, role=role, display_name=display_name, external_id=external_id)
@@ -95,8 +101,8 @@ def create_user(session, username: str, password: str | None, role: str, display
 def platform_username(external_id: str) -> str:
     """The username of a platform user: unique, since external ids are, and never a valid login name clash
     (it holds a colon)."""
-    name = f"platform:{external_id}"
-    return name if len(name) <= USERNAME_MAX else "platform:" + hashlib.sha256(external_id.encode()).hexdigest()
+    name = PLATFORM_PREFIX + external_id
+    return name if len(name) <= USERNAME_MAX else PLATFORM_PREFIX + hashlib.sha256(external_id.encode()).hexdigest()
 
 
 def parse_uuid(value) -> uuid.UUID | None:

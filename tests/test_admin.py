@@ -45,6 +45,11 @@ def test_create_users_of_every_role(client, admin):
     r = client.post("/admin/users", json={"username": "new-fan", "password": "long-enough", "role": "fan"},
                     headers=admin)
     assert r.status_code == 409 and r.json["error"]["code"] == "username_taken"
+    # Issue 28, item 12: the platform users' names are reserved (a local "platform:<id>" made every request of
+    # that platform user answer 500).
+    r = client.post("/admin/users", json={"username": "platform:00000000-0000-0000-0000-0000000000aa",
+                                          "password": "long-enough", "role": "fan"}, headers=admin)
+    assert r.status_code == 409 and r.json["error"]["code"] == "username_taken", r.json
     for body, field in (({"username": "a", "password": "short", "role": "fan"}, "password"),
                         ({"username": "a", "password": "long-enough", "role": "boss"}, "role"),
                         ({"password": "long-enough", "role": "fan"}, "username")):

@@ -284,6 +284,11 @@ def test_cookie_sign_in_csrf_refresh_and_logout(web, factory):
                                                        "password": "pw"}, allow_redirects=False,
                          timeout=10).status_code == 400  # a form token without the browser's own cookie
     assert form_login(s, web, model.username, "wrong").status_code == 401
+    # Issue 28, items 13 and 14: a tab that browsers drop ("/\t/host" is "//host") and a line feed.
+    for bad in ("/\t/evil.example/", "/\n/evil.example/", "/console\r\nSet-Cookie: x=1"):
+        assert requests.get(f"{web}/console/login", params={"next": bad}, timeout=10).status_code == 200
+        r = form_login(requests.Session(), web, model.username, next=bad)
+        assert r.status_code == 303 and r.headers["Location"] == "/console", (bad, r.headers)
     r = form_login(s, web, model.username, next="//evil.example/")
     assert r.status_code == 303 and r.headers["Location"] == "/console"  # no open redirect
     cookies = set_cookies(r)

@@ -76,8 +76,11 @@ def _form_signer() -> URLSafeTimedSerializer:
 
 
 def _local(next_url: str | None) -> str | None:
-    """Only a path on this site (never //host or a scheme): no open redirect."""
-    if next_url and next_url.startswith("/") and not next_url.startswith("//") and "\\" not in next_url:
+    """Only a path on this site (never //host or a scheme): no open redirect. Browsers drop tabs and line feeds
+    from a URL (so "/\t/host" is "//host") and a header cannot hold them: any unprintable or blank character
+    refuses the value."""
+    if (next_url and next_url.startswith("/") and not next_url.startswith("//") and "\\" not in next_url
+            and next_url.isprintable() and " " not in next_url):
         return next_url
     return None
 
