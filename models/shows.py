@@ -16,6 +16,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from .db import Base
 from .types import UTCDateTime, str_enum, utcnow
+from .users import User
 
 SHOW_STATUSES = ("live", "paused", "ended")
 OPEN_SHOW = ("live", "paused")
@@ -100,6 +101,8 @@ def revoke_overlay_key(session, model_id) -> None:
 
 
 def model_for_overlay_key(session, key: str) -> uuid.UUID | None:
+    """The model whose overlay `key` opens, while that model's account is active."""
     if not key or len(key) > 100:
         return None
-    return session.scalar(select(OverlayLink.model_id).where(OverlayLink.key_hash == _hash(key)))
+    return session.scalar(select(OverlayLink.model_id).join(User, User.id == OverlayLink.model_id)
+                          .where(OverlayLink.key_hash == _hash(key), User.is_active))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
+import uuid
 import pytest
 import time_machine
 from conftest import assert_books_balance, balance, make_settings, new_session
@@ -169,3 +170,13 @@ def test_history_is_newest_first_paged_and_capped(client, factory):
     assert client.get("/menu/purchase/history", headers=stranger).json["total"] == 0
     assert client.get(f"/menu/purchase/{created and full['purchases'][0]['purchase_id']}/status",
                       headers=stranger).status_code == 404
+
+
+def test_menus_of_a_user_who_is_not_a_model_answer_as_no_user_does(client, factory):
+    """Issue 28, item 17: a fan's or an admin's id answered 200 [] and an unknown id 404, which told users from
+    non-users."""
+    fan, admin = factory.user("fan"), factory.user("admin")
+    headers = factory.headers(fan)
+    answers = [client.get(f"/menu/model/{ref}", headers=headers) for ref in (fan.id, admin.id, uuid.uuid4())]
+    assert {(r.status_code, r.json["error"]["code"], r.json["error"]["message"]) for r in answers} == {
+        (404, "not_found", "No such model")}

@@ -401,9 +401,17 @@ def test_the_overlay_stream_tells_only_which_event_happened(web, stream_url, fac
     finally:
         stream.close()
     # Rotated: the old key opens nothing.
-    s.post(f"{web}/overlay-link", headers={"X-CSRF-TOKEN": s.cookies["perfmenu_csrf_access"]}, timeout=10)
+    rotated = s.post(f"{web}/overlay-link", headers={"X-CSRF-TOKEN": s.cookies["perfmenu_csrf_access"]},
+                     timeout=10).json()["url"].rsplit("/", 1)[1]
     assert requests.get(f"{web}/overlay/{key}", timeout=10).status_code == 404
     assert requests.get(f"{web}/overlay/state", headers={"X-Overlay-Key": key}, timeout=10).status_code == 404
+    # Issue 28, item 18: a deactivated model's overlay opens nothing either.
+    assert requests.get(f"{web}/overlay/state", headers={"X-Overlay-Key": rotated}, timeout=10).status_code == 200
+    admin = bearer(web, person(factory, "admin"))
+    assert requests.post(f"{web}/admin/users/{model.id}/deactivate", headers=admin, timeout=10).status_code == 200
+    assert requests.get(f"{web}/overlay/{rotated}", timeout=10).status_code == 404
+    assert requests.get(f"{web}/overlay/state", headers={"X-Overlay-Key": rotated}, timeout=10).status_code == 404
+    assert requests.post(f"{web}/overlay/ticket", json={"key": rotated}, timeout=10).status_code == 404
 
 
 def test_a_model_signs_in_to_the_console_with_a_platform_token(database):

@@ -10,7 +10,7 @@ from models.lovense import LovenseLink, activation_enabled, toy_unavailable
 from models.menus import Menu, MenuWhitelist
 from models.shows import live_now
 from models.types import utcnow
-from models.users import find_user_id
+from models.users import User, find_user_id
 
 from .auth import current_role, current_user_id, role_required
 from .deps import db, settings
@@ -99,7 +99,8 @@ def get_model_menus(model_id):
     `model_id` is our id or the host platform's id of the model."""
     session = db()
     model_id = find_user_id(session, model_id)
-    if model_id is None:
+    # A fan's or an admin's id answers as no id does: users cannot be told from non-users here.
+    if model_id is None or session.scalar(select(User.role).where(User.id == model_id)) != "model":
         raise ApiError(404, "not_found", "No such model")
     user_id, role = current_user_id(), current_role()
     owner_view = role == "admin" or user_id == model_id
