@@ -12,17 +12,19 @@ Last-Event-ID and a webhook's `webhook-id` carry.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import uuid
 from datetime import datetime
 
 from sqlalchemy import JSON, BigInteger, Index, Integer, String, func, select, text, update
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Mapped, mapped_column
 
 from .db import Base
 from .types import UTCDateTime, utcnow
 
-CHANNEL = "perfmenu:events"  # Redis pub/sub channel of relayed events
+CHANNEL_PREFIX = "perfmenu:events:"  # Redis pub/sub channels of relayed events, one per deployment (`channel`)
 RELAY_BATCH = 500
 _RELAY_LOCK = 7_150_001  # pg_advisory_xact_lock key: one relay numbers events at a time
 
@@ -133,9 +135,18 @@ def last_seq(session) -> int:
     return session.scalar(select(func.coalesce(func.max(OutboxEvent.seq), 0)))
 
 
-def publish(redis, events) -> None:
+def channel(database_url: str) -> str:
+    """The pub/sub channel of the deployment whose outbox is at `database_url`. Pub/sub ignores Redis database
+    numbers, so deployments sharing a Redis server (tests, bench, examples, staging) would read each other's
+    numbers; the outbox's own address (host, port, database; no password) tells them apart."""
+    url = make_url(database_url)
+    home = f"{url.drivername.split('+')[0]}://{url.host or ''}:{url.port or ''}/{url.database or ''}"
+    return CHANNEL_PREFIX + hashlib.sha256(home.encode()).hexdigest()[:16]
+
+
+def publish(redis, channel_name: str, events) -> None:
     """Hand numbered events to the live streams (Redis pub/sub: no subscriber, no cost)."""
     pipe = redis.pipeline(transaction=False)
     for event in events:
-        pipe.publish(CHANNEL, json.dumps(event.as_message()))
+        pipe.publish(channel_name, json.dumps(event.as_message()))
     pipe.execute()

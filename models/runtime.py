@@ -12,6 +12,7 @@ from sqlalchemy.orm import sessionmaker
 
 from .db import engine_for
 from .infra.redis_client import redis_for
+from .outbox import channel
 from .settings import Settings
 
 
@@ -49,3 +50,8 @@ class Runtime:
     @property
     def redis(self):
         return redis_for(self.settings.redis_url)
+
+    @cached_property
+    def events_channel(self) -> str:
+        """This deployment's pub/sub channel of relayed events (models/outbox.channel)."""
+        return channel(self.settings.database_url)

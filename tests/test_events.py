@@ -249,3 +249,32 @@ def test_tickets_are_single_use_and_viewers_see_only_their_own(client, factory, 
     finally:
         mine.close()
         filtered.close()
+
+
+def test_another_deployment_on_the_same_redis_server_reaches_no_stream(client, factory, stream_server):
+    """Issue 28, item 9: Redis pub/sub ignores database numbers. Another deployment's event numbered "last + 1"
+    was taken as ours and our own event with that number skipped on every live stream."""
+    import json
+
+    from models import outbox
+
+    model = factory.user("model")
+    stream = open_stream(client, factory, model, stream_server)
+    try:
+        other = outbox.channel("postgresql+psycopg://postgres@127.0.0.1:5432/another_deployment")
+        assert other != RUNTIME.events_channel
+        with RUNTIME.session_scope() as s:
+            last = outbox.last_seq(s)
+        forged = {"id": last + 1, "type": "menu.changed", "occurred_at": utcnow().isoformat(),
+                  "model_id": str(model.id), "fan_id": None, "purchase_id": None, "data": {"change": "forged"}}
+        for name in (other, "perfmenu:events"):  # the other deployment's channel, and the one all used to share
+            RUNTIME.redis.publish(name, json.dumps(forged))
+        with RUNTIME.session_scope() as s:
+            emit(s, "menu.changed", model_id=model.id, change="real")
+            s.commit()  # the relay numbers it and publishes it on our channel
+        got = stream.wait_for(lambda m: any(x["data"].get("data", {}).get("change") == "real" for x in m),
+                              what="our own event")
+        changes = [(m["id"], m["data"]["data"]["change"]) for m in got if m["event"] == "menu.changed"]
+        assert changes == [(last + 1, "real")], changes
+    finally:
+        stream.close()

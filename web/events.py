@@ -173,7 +173,7 @@ class Broadcaster:
         while True:
             try:
                 pubsub = self.runtime.redis.pubsub(ignore_subscribe_messages=True)
-                pubsub.subscribe(outbox.CHANNEL)
+                pubsub.subscribe(self.runtime.events_channel)
                 self._catch_up()  # what was relayed while (re)subscribing
                 self.ready.set()
                 while True:

@@ -350,7 +350,7 @@ def relay(rt) -> int:
             return total
         total += len(events)
         try:
-            outbox.publish(rt.redis, events)
+            outbox.publish(rt.redis, rt.events_channel, events)
         except Exception:
             # The streams read what they missed from the database (web/events.py).
             log.exception("events not published", extra={"first": events[0].seq, "last": events[-1].seq})
