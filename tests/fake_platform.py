@@ -33,6 +33,7 @@ class FakePlatform(LocalServer):
         self.published: list[str] = []
         self.fetches = 0
         self.down = False
+        self.hang_seconds = 0.0  # > 0: the JWKS answer comes this late (a hanging key server)
         super().__init__(self._handler())
         self.start()
 
@@ -73,6 +74,8 @@ class FakePlatform(LocalServer):
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):
                 platform.fetches += 1
+                if platform.hang_seconds:
+                    time.sleep(platform.hang_seconds)
                 if platform.down or self.path != JWKS_PATH:
                     self.send_response(503 if platform.down else 404)
                     self.end_headers()

@@ -169,3 +169,31 @@ def test_without_platform_settings_a_platform_token_is_refused(platform, client)
     r = client.get("/wallet", headers=bearer(platform.token(FAN_OBJECT_ID, "fan", "k1")))
     assert r.status_code == 401
     assert platform_user(FAN_OBJECT_ID) is None
+
+
+def test_a_hanging_key_server_costs_one_request_a_timeout_not_every_request(platform, database):
+    """Issue 28, item 6: after a failed fetch with keys held, every request was "stale" and fetched again, one
+    after the other under one lock with a 5 s timeout (10 requests took 5-25 s). Now one request fetches at a
+    time, the others answer from the keys held, and a failed fetch is not tried again for 30 s."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    app = create_app(make_settings(platform_jwt_jwks_url=platform.jwks_url, platform_jwt_issuer=ISSUER,
+                                   platform_jwt_audience=AUDIENCE, platform_jwks_cache_seconds=1))
+    tokens = [platform.token(FAN_OBJECT_ID, "fan", "k1", jti=str(n)) for n in range(20)]
+
+    def timed_wallet(token):
+        started = time.monotonic()
+        status = app.test_client().get("/wallet", headers=bearer(token)).status_code
+        return status, time.monotonic() - started
+
+    assert timed_wallet(tokens[0])[0] == 200  # keys held
+    platform.hang_seconds = 10  # longer than our read timeout: the fetch fails
+    time.sleep(1.2)  # the keys are stale now
+    with ThreadPoolExecutor(10) as pool:
+        first_wave = list(pool.map(timed_wallet, tokens[1:11]))
+        second_wave = list(pool.map(timed_wallet, tokens[11:]))
+    assert all(status == 200 for status, _ in first_wave + second_wave)
+    slow = [seconds for _, seconds in first_wave if seconds > 1]
+    assert len(slow) <= 1 and max(seconds for _, seconds in first_wave) < 4, first_wave  # one fetch, cut at 3 s
+    assert max(seconds for _, seconds in second_wave) < 1, second_wave  # no fetch again so soon
+    assert platform.fetches == 2

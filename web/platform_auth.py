@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 
 OWN_ALGORITHM = "HS256"  # what perfmenu's own tokens are signed with (flask-jwt-extended's default)
 MIN_REFETCH_SECONDS = 1  # unknown kids fetch the key set again at most this often
+FAILED_FETCH_RETRY_SECONDS = 30  # after a failed fetch, stale keys are served this long before another try
+FETCH_TIMEOUT = (2, 3)  # connect, read
 MAX_TOKENS = 10_000
 EXTERNAL_ID_MAX = 128
 
@@ -51,27 +53,38 @@ def is_platform_token(token: str) -> bool:
 
 
 class KeySet:
-    """The platform's JWKS, cached; fetched again after its lifespan or for a kid it does not hold."""
+    """The platform's JWKS, cached; fetched again after its lifespan or for a kid it does not hold. One request
+    fetches at a time; while it does, the others are answered from the keys held (they wait only when none are
+    held yet). A failed fetch keeps the keys held for FAILED_FETCH_RETRY_SECONDS before the next try, so a
+    hanging key server costs one request a timeout now and then, not every request."""
 
     def __init__(self, url: str, lifespan: float):
         self.url, self.lifespan = url, lifespan
         self.keys: dict[str | None, object] = {}
-        self.fetched_at = float("-inf")
+        self.fetched_at = self.tried_at = float("-inf")
         self.lock = threading.Lock()
 
+    def _due(self, kid, now: float) -> bool:
+        if kid not in self.keys and now - self.tried_at > MIN_REFETCH_SECONDS:
+            return True
+        retry_after = MIN_REFETCH_SECONDS if self.tried_at == self.fetched_at else FAILED_FETCH_RETRY_SECONDS
+        return now - self.fetched_at > self.lifespan and now - self.tried_at > retry_after
+
     def key_for(self, kid):
-        now = time.monotonic()
-        stale = now - self.fetched_at > self.lifespan
-        if stale or (kid not in self.keys and now - self.fetched_at > MIN_REFETCH_SECONDS):
-            with self.lock:
-                self._fetch()
+        if self._due(kid, time.monotonic()) and self.lock.acquire(blocking=not self.keys):
+            try:
+                if self._due(kid, time.monotonic()):  # another request may have fetched meanwhile
+                    self._fetch()
+            finally:
+                self.lock.release()
         if kid not in self.keys:
             raise jwt.InvalidTokenError("unknown key id")
         return self.keys[kid]
 
     def _fetch(self) -> None:
+        self.tried_at = time.monotonic()
         try:
-            response = requests.get(self.url, timeout=5)
+            response = requests.get(self.url, timeout=FETCH_TIMEOUT)
             response.raise_for_status()
             key_set = jwt.PyJWKSet.from_dict(response.json())
         except (requests.RequestException, ValueError, jwt.PyJWKSetError) as exc:
@@ -80,7 +93,7 @@ class KeySet:
                 raise DependencyUnavailable() from None
             return  # keep serving the keys we have
         self.keys = {key.key_id: key.key for key in key_set.keys}
-        self.fetched_at = time.monotonic()
+        self.fetched_at = self.tried_at
 
 
 class PlatformTokens:
