@@ -120,6 +120,9 @@ def _events(env, d) -> dict:
         "stream_port": _positive(env, "STREAM_PORT", d["stream_port"]),
         "stream_url": env.get("STREAM_URL") or "",
         "stream_heartbeat_seconds": _positive_float(env, "STREAM_HEARTBEAT_SECONDS", d["stream_heartbeat_seconds"]),
+        "streams_per_user": _positive(env, "STREAMS_PER_USER", d["streams_per_user"]),
+        "stream_session_check_seconds": _positive_float(env, "STREAM_SESSION_CHECK_SECONDS",
+                                                        d["stream_session_check_seconds"]),
     }
 
 
@@ -227,11 +230,13 @@ class Settings:
     # Webhook URLs may point at these addresses or networks although they are private or loopback.
     webhook_allowed_networks: tuple = ()
     webhook_retry_hours: float = 24.0  # a delivery still failing this long after its event is dead-lettered
-    webhook_timeout_seconds: float = 5.0  # connect and read, per attempt
+    webhook_timeout_seconds: float = 5.0  # one attempt in all: connect, send, answer
     webhook_backoff_seconds: float = 5.0  # first retry delay; doubles each attempt (capped at an hour), jittered
     stream_port: int = 8001  # the stream process's port (Procfile `stream`)
     stream_url: str = ""  # where clients open the stream; default: http://<web_bind>:<stream_port>/events/stream
     stream_heartbeat_seconds: float = 15.0
+    streams_per_user: int = 10  # open event streams of one user (an overlay counts as its model's) per stream process
+    stream_session_check_seconds: float = 60.0  # an open stream checks its viewer's session (or account) this often
 
     @property
     def platform_identity(self) -> bool:

@@ -28,7 +28,7 @@ def stream_server(database):
     port = free_port()
     server = ProcessGroup("stream", [sys.executable, "-m", "gunicorn", "-c", "python:web.stream_conf",
                                      "web.wsgi:app"],
-                          subprocess_env(STREAM_PORT=port, STREAM_HEARTBEAT_SECONDS=1)).start()
+                          subprocess_env(STREAM_PORT=port, STREAM_HEARTBEAT_SECONDS=1, STREAMS_PER_USER=3)).start()
     wait_http(f"http://127.0.0.1:{port}/healthz", process=server)
     yield f"http://127.0.0.1:{port}/events/stream"
     server.stop()
@@ -278,3 +278,68 @@ def test_another_deployment_on_the_same_redis_server_reaches_no_stream(client, f
         assert changes == [(last + 1, "real")], changes
     finally:
         stream.close()
+
+
+def test_one_user_opens_at_most_streams_per_user_streams(client, factory, stream_server):
+    """Issue 28, item 8: one fan's 320 streams took the stream process's connections from everybody else."""
+    fan, other = factory.user("fan"), factory.user("fan")
+    streams = [open_stream(client, factory, fan, stream_server) for _ in range(3)]  # STREAMS_PER_USER=3 here
+    try:
+        ticket = client.post("/events/ticket", headers=factory.headers(fan)).json["ticket"]
+        refused = EventStream(f"{stream_server}?ticket={ticket}")
+        assert refused.status_code == 429, refused.status_code
+        refused.close()
+        open_stream(client, factory, other, stream_server).close()  # another user is not held back
+        streams.pop().close()
+        deadline = time.monotonic() + 10
+        while True:  # the closed one's place is free once the server sees it closed (its next write)
+            ticket = client.post("/events/ticket", headers=factory.headers(fan)).json["ticket"]
+            again = EventStream(f"{stream_server}?ticket={ticket}")
+            if again.status_code == 200 or time.monotonic() > deadline:
+                break
+            again.close()
+            time.sleep(0.5)
+        assert again.status_code == 200
+        streams.append(again)
+    finally:
+        for stream in streams:
+            stream.close()
+
+
+def test_a_platform_users_stream_ends_when_the_account_is_deactivated(client, factory, database):
+    """Issue 28, item 7: streams opened with a platform token were never checked again."""
+    from fake_platform import AUDIENCE, ISSUER, FakePlatform
+
+    platform = FakePlatform()
+    platform.add_key("k1")
+    port = free_port()
+    env = dict(STREAM_PORT=port, STREAM_HEARTBEAT_SECONDS=0.5, STREAM_SESSION_CHECK_SECONDS=1,
+               PLATFORM_JWT_JWKS_URL=platform.jwks_url, PLATFORM_JWT_ISSUER=ISSUER, PLATFORM_JWT_AUDIENCE=AUDIENCE)
+    server = ProcessGroup("stream", [sys.executable, "-m", "gunicorn", "-c", "python:web.stream_conf",
+                                     "web.wsgi:app"], subprocess_env(**env)).start()
+    try:
+        wait_http(f"http://127.0.0.1:{port}/healthz", process=server)
+        url = f"http://127.0.0.1:{port}/events/stream"
+        token = platform.token("platform-fan-7", "fan", "k1")
+        stream = EventStream(url, headers={"Authorization": f"Bearer {token}"})
+        try:
+            assert stream.status_code == 200
+            stream.wait_for(lambda _m: stream.comments > 0, what="connected")
+            with RUNTIME.session_scope() as s:
+                from models.users import User
+                s.execute(User.__table__.update().where(User.external_id == "platform-fan-7").values(is_active=False))
+                s.commit()
+            ended = stream.wait_for(lambda m: any(x["event"] == "end" for x in m), timeout=10, what="end")
+            assert [m["data"] for m in ended if m["event"] == "end"] == [{"reason": "account_inactive"}]
+        finally:
+            stream.close()
+        short = platform.token("platform-fan-8", "fan", "k1", expires_in=2)  # ends when its token does
+        stream = EventStream(url, headers={"Authorization": f"Bearer {short}"})
+        try:
+            ended = stream.wait_for(lambda m: any(x["event"] == "end" for x in m), timeout=10, what="end")
+            assert [m["data"] for m in ended if m["event"] == "end"] == [{"reason": "token_expired"}]
+        finally:
+            stream.close()
+    finally:
+        server.stop()
+        platform.stop()

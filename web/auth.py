@@ -237,6 +237,7 @@ def authenticate(session_checked_by_view: bool = False) -> None:
         with runtime().session_scope() as session:  # its own unit of work: the view's session starts clean
             user = platform_user(session, claims)
             g.identity = (user.id, user.role)
+        g.platform_expires = claims.expires  # an event stream opened with it ends then (web/events.py)
         return
     header = request.headers.get("Authorization", "")
     if header.startswith("Bearer ") and token and not any(c in token for c in " ,"):

@@ -30,9 +30,10 @@ from flask import Response, g, request
 from sqlalchemy import select
 
 from models import outbox
-from models.auth_sessions import token_refusal
+from models.auth_sessions import ACCOUNT_INACTIVE, token_refusal
 from models.purchases import OPEN_QUEUE_STATUSES, Purchase
 from models.shows import model_for_overlay_key
+from models.users import User
 from models.services import performance_queue
 
 from .auth import authenticate, current_role, current_user_id, role_required
@@ -47,7 +48,6 @@ blp = Blueprint("events", __name__, url_prefix="/events", description="Live even
 TICKET_SECONDS = 60
 _TICKET_KEY = "perfmenu:stream-ticket:"
 CATCH_UP_SECONDS = 2.0
-SESSION_CHECK_SECONDS = 60.0
 STREAM_BUFFER = 1000  # events waiting for one slow client; more, and its stream ends (it resumes from the outbox)
 REPLAY_BATCH = 500
 WRITE_BATCH = 100  # events written to one stream in one send when they arrive together
@@ -69,6 +69,7 @@ class Viewer:
     model_filter: str | None = None
     queue_models: frozenset = frozenset()  # a fan's models with an open entry of theirs
     overlay_key: str | None = None  # role "overlay": the model's overlay key (web/pages.py), checked like a session
+    expires: float | None = None  # a platform token's expiry (epoch seconds): its stream ends then
 
     def sees(self, message: dict) -> bool:
         if self.role == "admin":
@@ -137,12 +138,27 @@ class Broadcaster:
     def __init__(self, rt):
         self.runtime = rt
         self.routes: dict[str, set[Stream]] = {}
+        self.open_per_user: dict[str, int] = {}  # streams open per user, capped (STREAMS_PER_USER)
         self.lock = threading.Lock()
         self.last: int | None = None  # the last seq handed out
         self.ready = threading.Event()
 
     def start(self) -> None:
         threading.Thread(target=self._run, name="event-broadcaster", daemon=True).start()
+
+    def admit(self, user_id: str, cap: int) -> bool:
+        """Count one more open stream of the user, unless they have `cap` open already."""
+        with self.lock:
+            if self.open_per_user.get(user_id, 0) >= cap:
+                return False
+            self.open_per_user[user_id] = self.open_per_user.get(user_id, 0) + 1
+            return True
+
+    def release(self, user_id: str) -> None:
+        with self.lock:
+            left = self.open_per_user.pop(user_id, 1) - 1
+            if left:
+                self.open_per_user[user_id] = left
 
     def file(self, stream: Stream, old: set | frozenset = frozenset()) -> None:
         """File the stream under its viewer's routes (again, after they changed from `old`)."""
@@ -263,13 +279,17 @@ def _still_allowed(rt, viewer: Viewer) -> str | None:
         with rt.session_scope() as session:
             model_id = model_for_overlay_key(session, viewer.overlay_key)
         return None if str(model_id) == viewer.user_id else "overlay_revoked"
-    if viewer.session_id is None:
-        return None  # a platform token: the platform ends its own sessions
+    if viewer.session_id is None:  # a platform token: valid until it expires, while its user is active
+        if viewer.expires is not None and time.time() >= viewer.expires:
+            return "token_expired"
+        with rt.session_scope() as session:
+            active = session.scalar(select(User.is_active).where(User.id == uuid.UUID(viewer.user_id)))
+        return None if active else ACCOUNT_INACTIVE
     with rt.session_scope() as session:
         return token_refusal(session, uuid.UUID(viewer.user_id), viewer.session_id)
 
 
-def _events(rt, viewer: Viewer, after: int | None, heartbeat: float):
+def _events(rt, viewer: Viewer, after: int | None, heartbeat: float, check_every: float):
     stream = Stream(viewer)
     hub = broadcaster(rt)
     hub.file(stream)  # first: nothing committed from now on is missed, and the replay covers what came before
@@ -286,7 +306,7 @@ def _events(rt, viewer: Viewer, after: int | None, heartbeat: float):
                     sent = events[-1].seq
         if viewer.role == "fan":
             yield from _queue_places(rt, hub, stream, None)  # where they stand now
-        check_at = time.monotonic() + SESSION_CHECK_SECONDS
+        check_at = time.monotonic() + check_every
         while not stream.overflowed:
             try:
                 waiting = [stream.inbox.get(timeout=heartbeat)]
@@ -310,7 +330,7 @@ def _events(rt, viewer: Viewer, after: int | None, heartbeat: float):
             if out:
                 yield "".join(out)
             if time.monotonic() >= check_at:
-                check_at = time.monotonic() + SESSION_CHECK_SECONDS
+                check_at = time.monotonic() + check_every
                 refused = _still_allowed(rt, viewer)
                 if refused:
                     yield f"event: end\ndata: {json.dumps({'reason': refused})}\n\n"
@@ -326,15 +346,17 @@ def _redeem(ticket: str) -> Viewer:
     data = json.loads(raw)
     return Viewer(data["user_id"], data["role"],
                   uuid.UUID(data["session_id"]) if data.get("session_id") else None,
-                  overlay_key=data.get("overlay_key"))
+                  overlay_key=data.get("overlay_key"), expires=data.get("expires"))
 
 
-def issue_ticket(user_id, role: str, session_id=None, overlay_key: str | None = None) -> dict:
+def issue_ticket(user_id, role: str, session_id=None, overlay_key: str | None = None,
+                 expires: float | None = None) -> dict:
     """A single-use stream ticket (TICKET_SECONDS) for this viewer, kept in Redis, and the URL to open."""
     value = secrets.token_urlsafe(24)
     redis().set(_TICKET_KEY + value, json.dumps({"user_id": str(user_id), "role": role,
                                                  "session_id": str(session_id) if session_id else None,
-                                                 "overlay_key": overlay_key}), ex=TICKET_SECONDS)
+                                                 "overlay_key": overlay_key, "expires": expires}),
+                ex=TICKET_SECONDS)
     return {"ticket": value, "expires_in": TICKET_SECONDS,
             "stream_url": f"{settings().stream_base_url}?ticket={value}"}
 
@@ -349,7 +371,8 @@ def _session_of_token():
 def ticket():
     """A single-use ticket (60 s) to open the event stream from a browser, whose EventSource cannot send the
     bearer token: `new EventSource(stream_url)`."""
-    return issue_ticket(current_user_id(), current_role(), _session_of_token()), 201
+    return issue_ticket(current_user_id(), current_role(), _session_of_token(),
+                        expires=g.get("platform_expires")), 201
 
 
 @blp.route("/stream", methods=["GET"])
@@ -368,7 +391,8 @@ def stream():
         viewer = _redeem(request.args["ticket"])
     else:
         authenticate()
-        viewer = Viewer(str(current_user_id()), current_role(), _session_of_token())
+        viewer = Viewer(str(current_user_id()), current_role(), _session_of_token(),
+                        expires=g.get("platform_expires"))
     if viewer.role == "admin" and request.args.get("model_id"):
         try:
             viewer.model_filter = str(uuid.UUID(request.args["model_id"]))
@@ -380,9 +404,14 @@ def stream():
             raise ApiError(422, "invalid_request", "Last-Event-ID must be an event id")
         after = int(after)
     rt = runtime()
-    body = _events(rt, viewer, after, settings().stream_heartbeat_seconds)
+    hub = broadcaster(rt)
+    if not hub.admit(viewer.user_id, settings().streams_per_user):
+        raise ApiError(429, "too_many_streams", "Too many open event streams: close one first")
+    body = _events(rt, viewer, after, settings().stream_heartbeat_seconds, settings().stream_session_check_seconds)
     # Any origin may read a stream: the ticket (or bearer token) in the request is the credential, and cookies
     # never authenticate a cross-origin read (no Allow-Credentials). The pages open it from the web's origin.
-    return Response(body, mimetype="text/event-stream",
-                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no",
-                             "Access-Control-Allow-Origin": "*"})
+    response = Response(body, mimetype="text/event-stream",
+                        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no",
+                                 "Access-Control-Allow-Origin": "*"})
+    response.call_on_close(lambda: hub.release(viewer.user_id))  # whether or not the stream ever started
+    return response
