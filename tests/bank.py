@@ -82,6 +82,7 @@ class Config:
     pg_stops: int = 1  # PostgreSQL stopped for pg_stop_seconds, then started
     lovense_faults: int = 2
     webhook_kills: int = 1  # the webhook worker SIGKILLed while the receiver holds a delivery's answer
+    receiver_delay: float = 0.0  # each webhook answer this late (deliveries are in flight at every fault)
     queue_actions: float = 0.4  # chance a purchase is followed by a start, complete, reject or cancel
     payouts: float = 0.03  # chance a purchase is followed by an admin's payout (its key sometimes replayed)
     show_ends: float = 0.02  # chance a purchase is followed by a model ending their show (keep or refund_all)
@@ -131,6 +132,10 @@ class Cluster:
         self.cfg = cfg
         self.lovense = FakeLovense()
         self.receiver = FakeWebhookReceiver()  # the platform's webhook endpoint (every event type)
+        self.receiver.script(default=(200, cfg.receiver_delay))
+        # A second endpoint, slow (0.5 s an answer) and for shows only: it must hold back nothing of the first.
+        self.slow_receiver = FakeWebhookReceiver()
+        self.slow_receiver.script(default=(200, 0.5))
         self.log_dir = tempfile.mkdtemp(prefix="perfmenu-bank-")
         self.postgres = PostgresCluster(log_path=os.path.join(self.log_dir, "postgres.log"))
         self.database_url = self.postgres.url("perfmenu_bank")
@@ -183,6 +188,7 @@ class Cluster:
     def start(self):
         self.lovense.start()  # first: stop() waits for its thread
         self.receiver.start()
+        self.slow_receiver.start()
         self.postgres.start()
         self.postgres.create_database("perfmenu_bank")
         upgrade_head(self.database_url)
@@ -225,6 +231,7 @@ class Cluster:
                 p.stop()
             self.lovense.stop()
             self.receiver.stop()
+            self.slow_receiver.stop()
             if self.engine is not None:
                 self.engine.dispose()
         finally:
@@ -248,7 +255,7 @@ class Cluster:
         """SIGKILL the webhook worker while the receiver holds an answer: the receiver processed the event, the
         worker never recorded it, so it comes again (the receiver skips it by its webhook-id)."""
         seen = len(self.receiver.requests)
-        self.receiver.script((200, 1.5))
+        self.receiver.script((200, 1.5), default=(200, self.cfg.receiver_delay))
         self.receiver.wait_for(lambda: len(self.receiver.requests) > seen, 10)
         self.webhook_worker.kill()
         self.webhook_worker.start()
@@ -644,7 +651,9 @@ def run(cfg: Config, log=print) -> Report:
     try:
         cluster.start()
         shop = build_shop(cluster, cfg, rng)
-        secret = register_webhook(cluster, shop)
+        secrets = {cluster.receiver.url: register_webhook(cluster, shop, cluster.receiver.url),
+                   cluster.slow_receiver.url: register_webhook(cluster, shop, cluster.slow_receiver.url,
+                                                               event_types=SLOW_TYPES)}
         injector = FaultInjector(cluster, cfg, lambda: sent[0], rng)
         injector.start()
         sampling = threading.Event()
@@ -666,7 +675,7 @@ def run(cfg: Config, log=print) -> Report:
         if set(report.lags_end) != {"webhooks", "toys"} or any(report.lags_end.values()):
             report.anomalies.append(f"backlog lags after the quiet period: {report.lags_end}")
         _check(cluster, report, shop, recorder)
-        report.anomalies.extend(webhook_differences(cluster, secret, report))
+        report.anomalies.extend(webhook_differences(cluster, secrets, report))
         report.worker_exits = worker_exits(cluster)
         report.anomalies.extend(queue_differences(cluster))
     finally:
@@ -751,12 +760,13 @@ def _quiesce(cluster: Cluster, cfg: Config, log) -> None:
         if _nothing_left(left) and not asked_again:
             log(f"quiet after {time.monotonic() - started:.0f} s")
             return
-        bound = cfg.quiet_seconds
+        elapsed, bound = time.monotonic() - started, cfg.quiet_seconds
         if left["last slot ends"] is not None:
             to_play = (left["last slot ends"] - datetime.now(tz=timezone.utc)).total_seconds()
-            bound = max(bound, time.monotonic() - started + to_play + SLOT_GRACE_SECONDS)
-        if time.monotonic() - started > min(bound, QUIET_CAP_SECONDS):
-            log(f"gave up waiting after {time.monotonic() - started:.0f} s; left: {left}")
+            bound = max(bound, elapsed + to_play + SLOT_GRACE_SECONDS)
+        # Nothing left but the sweep just asked for a toy: the next pass sees what that did.
+        if elapsed > QUIET_CAP_SECONDS or (not _nothing_left(left) and elapsed > bound):
+            log(f"gave up waiting after {elapsed:.0f} s; left: {left}, toys asked again: {asked_again}")
             return
         log(f"waiting for {left} (toys asked again: {asked_again}; beat: {report})")
         waited = time.monotonic() + 5
@@ -933,22 +943,25 @@ def worker_exits(cluster: Cluster) -> int:
                for log in [*logs, Path(cluster.log_dir, "webhooks.log")] if log.exists())
 
 
-def register_webhook(cluster: Cluster, shop: Shop) -> str:
-    """The admin registers the receiver for every event type; returns the endpoint's secret."""
+def register_webhook(cluster: Cluster, shop: Shop, url: str, **fields) -> str:
+    """The admin registers an endpoint (every event type unless `event_types`); returns its secret."""
     http = requests.Session()
     login = http.post(cluster.base_url + "/auth/login", json={"username": shop.admin[1], "password": PASSWORD},
                       timeout=30)
-    r = http.post(cluster.base_url + "/admin/webhooks", json={"url": cluster.receiver.url}, timeout=30,
+    r = http.post(cluster.base_url + "/admin/webhooks", json={"url": url, **fields}, timeout=30,
                   headers={"Authorization": f"Bearer {login.json()['access_token']}"})
     r.raise_for_status()
     return r.json()["secret"]
 
 
-def webhook_differences(cluster: Cluster, secret: str, report: Report) -> list[str]:
-    """The platform's receiver got every numbered event at least once, each request signed and carrying the
-    event it names, and no delivery is left undone."""
-    receiver = cluster.receiver
-    report.webhooks, report.webhook_duplicates = len(receiver.processed), len(receiver.duplicates)
+SLOW_TYPES = ["show.changed"]
+
+
+def webhook_differences(cluster: Cluster, secrets: dict, report: Report) -> list[str]:
+    """Each receiver got every numbered event it wants at least once, each request signed (checked by the
+    Standard Webhooks reference implementation) and carrying the event it names, and no delivery is left
+    undone."""
+    report.webhooks, report.webhook_duplicates = len(cluster.receiver.processed), len(cluster.receiver.duplicates)
     s = cluster.new_session()
     try:
         types = dict(s.execute(select(OutboxEvent.seq, OutboxEvent.type).where(OutboxEvent.seq.is_not(None))).all())
@@ -956,15 +969,18 @@ def webhook_differences(cluster: Cluster, secret: str, report: Report) -> list[s
     finally:
         s.close()
     out = [f"webhook deliveries not delivered: {dict(undone)}"] if undone else []
-    missing = types.keys() - set(receiver.ids())
-    if missing:
-        out.append(f"{len(missing)} of {len(types)} events never reached the receiver, e.g. {sorted(missing)[:5]}")
-    for request in receiver.requests:
-        body, msg_id = request["json"] or {}, request["headers"].get("webhook-id")
-        if not receiver.verify(secret, request):
-            out.append(f"webhook {msg_id}: the signature does not verify")
-        elif str(body.get("id")) != msg_id or types.get(body.get("id")) != body.get("type"):
-            out.append(f"webhook {msg_id} carries event {body.get('id')} {body.get('type')}")
+    for receiver, wanted in ((cluster.receiver, None), (cluster.slow_receiver, SLOW_TYPES)):
+        expected = {seq for seq, kind in types.items() if wanted is None or kind in wanted}
+        missing = expected - set(receiver.ids())
+        if missing:
+            out.append(f"{len(missing)} of {len(expected)} events never reached {receiver.url}, "
+                       f"e.g. {sorted(missing)[:5]}")
+        for request in receiver.requests:
+            body, msg_id = request["json"] or {}, request["headers"].get("webhook-id")
+            if not receiver.verify(secrets[receiver.url], request):
+                out.append(f"webhook {msg_id}: the signature does not verify")
+            elif str(body.get("id")) != msg_id or types.get(body.get("id")) != body.get("type"):
+                out.append(f"webhook {msg_id} carries event {body.get('id')} {body.get('type')}")
     return out
 
 

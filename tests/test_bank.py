@@ -51,3 +51,13 @@ def test_bank_proof():
     _run_and_assert(_cfg(purchases=10_000, worker_kills=24, redis_restarts=3, redis_pauses=3, db_kills=10,
                          pg_restarts=2, pg_stops=2, fans=100, models=15, clients=8, lovense_faults=6, webhook_kills=3,
                          quiet_seconds=120.0))
+
+
+@pytest.mark.slow
+def test_redis_restarts_under_webhook_deliveries_and_toy_timelines_lose_nothing():
+    """Issue 35: Redis (broker and queues) restarted five times while webhook deliveries are in flight (each
+    answer 20 ms late) and toy timelines play: every event reaches the receiver and every toy slot plays or
+    expires within a quiet period of 30 s (plus what toy slots still have to play)."""
+    _run_and_assert(_cfg(purchases=1500, worker_kills=0, redis_restarts=5, redis_pauses=0, db_kills=0,
+                         pg_restarts=0, pg_stops=0, lovense_faults=0, webhook_kills=0, clients=6,
+                         receiver_delay=0.02, quiet_seconds=30.0))

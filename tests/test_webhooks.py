@@ -3,8 +3,8 @@ Celery worker, delivery by a worker of the Procfile's `webhooks` line (the webho
 real HTTP receiver on 127.0.0.1 (tests/fake_webhook_receiver.py), and the admin API under /admin/webhooks.
 
 The test run's app and delivery workers allow 127.0.0.1 (WEBHOOK_ALLOWED_NETWORKS); the refusal tests use the
-run's plain settings, which allow no private address. Signatures are checked here from scratch (HMAC-SHA256 of
-"id.timestamp.body" with the base64 key after `whsec_`), not with models.webhooks.sign."""
+run's plain settings, which allow no private address. Signatures are checked by the Standard Webhooks reference
+implementation (the `standardwebhooks` package, in tests/fake_webhook_receiver.py), not with models.webhooks.sign."""
 from __future__ import annotations
 
 import base64
