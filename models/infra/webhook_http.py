@@ -120,7 +120,8 @@ def post(target: Target, headers: dict, body: bytes, seconds: float, max_answer_
             raise
         except Exception:  # noqa: BLE001 - the server closed the idle connection: a new one is made below
             pass
-    return _exchange(_connect(target, seconds), target, headers, body, deadline, max_answer_bytes)
+    seconds_left = max(0.001, deadline - time.monotonic())
+    return _exchange(_connect(target, seconds_left), target, headers, body, deadline, max_answer_bytes)
 
 
 def _connect(target: Target, seconds: float) -> HTTPConnection:
