@@ -45,7 +45,7 @@ run: install
 # defaults in tests/conftest.py) with real Celery worker processes; PYTEST_ARGS go to those.
 test: install browser
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests/unit
-	$(BIN)/python -m pytest --ignore=tests/unit $(PYTEST_ARGS)
+	$(BIN)/python -m pytest --ignore=tests/unit --durations=25 $(PYTEST_ARGS)
 
 # A model, a fan with tokens, an admin and the starter menus (seed/menu_templates.json); waits (up to 90 s) for
 # `make run` to answer, then prints the curl lines to buy something. Safe to run again (new passwords, nothing

@@ -71,10 +71,17 @@ from models.runtime import Runtime  # noqa: E402
 from models.services import shows  # noqa: E402
 from models.services.settle_signal import SCHEDULED_KEY  # noqa: E402
 from models.settings import Settings  # noqa: E402
+import models.users  # noqa: E402
+from argon2 import PasswordHasher  # noqa: E402
 from models.users import create_user  # noqa: E402
 from processes import ProcessGroup, recreate_database  # noqa: E402
 from web import create_app  # noqa: E402
 from worker.celery_app import bind_runtime, celery  # noqa: E402
+
+# Cheap password hashes for the tests' users (production parameters cost 0.2-0.3 s a user here; the auth matrix
+# makes about a thousand). A hash carries its parameters, so every process that verifies it is as quick. The
+# production parameters are checked in tests/unit/test_password_hashing.py.
+models.users._hasher = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
 
 SETTINGS = Settings.from_env({**os.environ, **TEST_ENV})
 RUNTIME = Runtime(SETTINGS)
