@@ -35,7 +35,7 @@ from conftest import subprocess_env
 from fake_lovense import FakeLovense, hang, http_status
 from fake_webhook_receiver import FakeWebhookReceiver
 from processes import ROOT, PostgresCluster, ProcessGroup, children_of, free_port, wait_http, wait_port
-from sqlalchemy import and_, func, select, text
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import sessionmaker
 
 from models.db import make_engine
@@ -701,13 +701,14 @@ def _left(cluster: Cluster) -> dict:
     s = cluster.new_session()
     try:
         pending = LovenseActivation.status == "pending"
-        later = and_(pending, LovenseActivation.starts_at > now)
+        toys, later, last_end = s.execute(select(
+            func.count(), func.count().filter(LovenseActivation.starts_at > now), func.max(LovenseActivation.ends_at)
+        ).where(pending)).one()
         return {
             "purchases": s.scalar(select(func.count()).select_from(Purchase).where(Purchase.status == "pending")),
-            "toys due": s.scalar(select(func.count()).select_from(LovenseActivation).where(pending)) -
-            s.scalar(select(func.count()).select_from(LovenseActivation).where(later)),
-            "toys later": s.scalar(select(func.count()).select_from(LovenseActivation).where(later)),
-            "last slot ends": s.scalar(select(func.max(LovenseActivation.ends_at)).where(pending)),
+            "toys due": toys - later,
+            "toys later": later,
+            "last slot ends": last_end,
             "events": s.scalar(select(func.count()).select_from(OutboxEvent).where(OutboxEvent.seq.is_(None))),
             "webhooks": s.scalar(select(func.count()).select_from(WebhookDelivery)
                                  .where(WebhookDelivery.status == "pending")),

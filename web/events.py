@@ -30,7 +30,7 @@ from flask import Response, g, request
 from sqlalchemy import select
 
 from models import outbox
-from models.auth_sessions import ACCOUNT_INACTIVE, token_refusal
+from models.auth_sessions import refusal_of, token_refusal
 from models.purchases import OPEN_QUEUE_STATUSES, Purchase
 from models.shows import model_for_overlay_key
 from models.users import User
@@ -284,7 +284,7 @@ def _still_allowed(rt, viewer: Viewer) -> str | None:
             return "token_expired"
         with rt.session_scope() as session:
             active = session.scalar(select(User.is_active).where(User.id == uuid.UUID(viewer.user_id)))
-        return None if active else ACCOUNT_INACTIVE
+        return refusal_of(active, session_open=True)  # the platform's token has no session of ours to end
     with rt.session_scope() as session:
         return token_refusal(session, uuid.UUID(viewer.user_id), viewer.session_id)
 
